@@ -1,0 +1,29 @@
+"""keras-gap: sparse training for Keras 3 (GaP, gradual pruning, FGGP, export).
+
+The public API mirrors ``tfmot.sparsity.keras``: a tf-mot user migrates by
+changing the import.
+
+Example:
+    >>> import keras, keras_gap as kg
+    >>> pruned = kg.prune_low_magnitude(model, pruning_schedule=
+    ...     kg.PolynomialDecay(0.0, 0.9, begin_step=0, end_step=2000))
+    >>> pruned.compile("adam", "sparse_categorical_crossentropy")
+    >>> pruned.fit(x, y, callbacks=[kg.UpdatePruningStep()])
+    >>> final = kg.strip_pruning(pruned)
+    >>> print(kg.sparsity_report(final))
+"""
+
+from keras_gap import criteria, masks, registry
+from keras_gap.callbacks import PruningSummaries, UpdatePruningStep
+from keras_gap.prune import prune_low_magnitude, strip_pruning
+from keras_gap.report import SparsityReport, sparsity_report
+from keras_gap.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
+from keras_gap.wrapper import PruneLowMagnitude
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConstantSparsity", "PolynomialDecay", "PruneLowMagnitude", "PruningSchedule",
+    "PruningSummaries", "SparsityReport", "UpdatePruningStep", "criteria", "masks",
+    "prune_low_magnitude", "registry", "sparsity_report", "strip_pruning",
+]

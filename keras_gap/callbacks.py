@@ -1,0 +1,185 @@
+"""Keras callbacks that drive pruning during ``model.fit``.
+
+`UpdatePruningStep` is required (as in tf-mot): it follows the step count,
+recomputes masks when a layer's schedule says so, zeroes the optimizer state
+of removed weights, and puts the current overall sparsity into the Keras logs
+(so the progress bar and History show it). `PruningSummaries` writes the
+sparsity of every pruned weight to TensorBoard.
+"""
+
+import os
+
+import keras
+from keras import ops
+
+from keras_gap import optimizer_state
+from keras_gap.wrapper import collect_wrappers
+
+
+def overall_sparsity(wrappers):
+    """Fraction of masked-out entries over all pruned weights of ``wrappers``."""
+    total = nonzero = 0
+    for w in wrappers:
+        for n, nz in w.mask_counts():
+            total += n
+            nonzero += nz
+    return 1.0 - nonzero / total if total else 0.0
+
+
+class UpdatePruningStep(keras.callbacks.Callback):
+    """Advances pruning and updates masks on schedule. Required for training.
+
+    Masks are updated eagerly at the start of a batch whose step the layer's
+    schedule selects; the compiled training step itself only applies them.
+    Adds ``sparsity`` (overall fraction of masked-out prunable weights) to the
+    batch and epoch logs.
+
+    Returns:
+        A Keras callback.
+
+    Example:
+        >>> pruned.fit(x, y, epochs=2, callbacks=[kg.UpdatePruningStep()])
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.step = 0
+        self.wrappers = []
+        self.sparsity = 0.0
+
+    # `self.model` syncs JAX state (needed before editing variables); reading
+    # the plain attribute avoids that cost on batches where nothing changes.
+    def _raw_model(self):
+        return getattr(self, "_model", None) or self.model
+
+    def on_train_begin(self, logs=None):
+        model = self.model
+        self.wrappers = collect_wrappers(model)
+        if not self.wrappers:
+            raise ValueError(
+                "UpdatePruningStep found no PruneLowMagnitude layers in model "
+                f"{model.name!r}. Wrap the model first: "
+                "keras_gap.prune_low_magnitude(model, ...).")
+        for w in self.wrappers:
+            if not w.built:
+                raise ValueError(
+                    f"Pruning layer {w.name!r} is not built; build the model "
+                    "(call it on data or give it an Input) before fit.")
+            w.step_callback_active = True
+        self.step = int(ops.convert_to_numpy(self.wrappers[0].pruning_step))
+        self._steps_per_execution = int(getattr(model, "steps_per_execution", 1) or 1)
+        self.sparsity = overall_sparsity(self.wrappers)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        due = []
+        for w in self.wrappers:
+            should_prune, sparsity = w.pruning_schedule(self.step)
+            if should_prune:
+                due.append((w, sparsity))
+        if due:
+            self.update_masks(due)
+
+    def update_masks(self, due):
+        """Recomputes the masks of ``[(wrapper, sparsity)]`` now (eagerly).
+
+        Args:
+            due: list of (PruneLowMagnitude, sparsity) pairs.
+
+        Returns:
+            The new overall sparsity.
+        """
+        model = self.model  # JAX: sync the trainer's state into the variables.
+        for wrapper, sparsity in due:
+            wrapper.update_masks(sparsity)
+            for weight, mask in zip(wrapper.pruned_weights, wrapper.masks):
+                optimizer_state.mask_slots(model.optimizer, weight, mask)
+        self.sparsity = overall_sparsity(self.wrappers)
+        return self.sparsity
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += self._steps_per_execution
+        if logs is not None:
+            logs["sparsity"] = self.sparsity
+
+    def on_epoch_end(self, epoch, logs=None):
+        # Re-read the in-graph counter once per epoch (exact even with
+        # steps_per_execution > 1 and a short last execution).
+        self.model  # JAX: sync the trainer's state before reading it.
+        self.step = int(ops.convert_to_numpy(self.wrappers[0].pruning_step))
+        if logs is not None:
+            logs["sparsity"] = self.sparsity
+
+    def on_train_end(self, logs=None):
+        for w in self.wrappers:
+            w.step_callback_active = False
+        # Drop the compiled step so that a later fit without this callback is
+        # traced again and raises the missing-callback error.
+        self._raw_model().train_function = None
+
+
+class PruningSummaries(keras.callbacks.Callback):
+    """Writes pruning progress to TensorBoard (tf.summary event files).
+
+    Per pruned weight: ``sparsity/<weight path>``; and ``sparsity/overall``
+    plus ``pruning_step``. Needs TensorFlow installed (any Keras backend).
+
+    Args:
+        log_dir: directory for the event files (created if missing).
+        update_freq: "epoch" (default) or an int N: also write every N batches.
+
+    Returns:
+        A Keras callback.
+
+    Example:
+        >>> pruned.fit(x, y, callbacks=[kg.UpdatePruningStep(),
+        ...                             kg.PruningSummaries(log_dir="logs")])
+    """
+
+    def __init__(self, log_dir, update_freq="epoch"):
+        super().__init__()
+        if not isinstance(log_dir, (str, os.PathLike)) or not str(log_dir):
+            raise ValueError(f"`log_dir` must be a directory path; received {log_dir!r}.")
+        if update_freq != "epoch" and not (isinstance(update_freq, int) and update_freq > 0):
+            raise ValueError(
+                f"`update_freq` must be 'epoch' or a positive int; received {update_freq!r}.")
+        self.log_dir = os.fspath(log_dir)
+        self.update_freq = update_freq
+        self._writer = None
+        self._batches = 0
+
+    def on_train_begin(self, logs=None):
+        import tensorflow as tf  # TensorBoard's writer; lazily imported.
+        os.makedirs(self.log_dir, exist_ok=True)
+        self._tf = tf
+        self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "pruning"))
+        self.wrappers = collect_wrappers(self.model)
+
+    def write(self):
+        """Writes the current sparsities; returns the dict written."""
+        wrappers = collect_wrappers(self.model)
+        if not wrappers:
+            return {}
+        step = int(ops.convert_to_numpy(wrappers[0].pruning_step))
+        values = {}
+        for w in wrappers:
+            for weight, (n, nz) in zip(w.pruned_weights, w.mask_counts()):
+                values[f"sparsity/{weight.path}"] = 1.0 - nz / n
+        values["sparsity/overall"] = overall_sparsity(wrappers)
+        with self._writer.as_default(step=step):
+            for tag, value in values.items():
+                self._tf.summary.scalar(tag, value)
+            self._tf.summary.scalar("pruning_step", step)
+        self._writer.flush()
+        return values
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._batches += 1
+        if self.update_freq != "epoch" and self._batches % self.update_freq == 0:
+            self.write()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.write()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()

@@ -1,0 +1,290 @@
+"""Mask calculation: scores + sparsity + structure -> an exact-count binary mask.
+
+This is the one place in keras-gap where masks are computed. Gradual pruning,
+GaP's prune-back, random sparse initialization and FGGP all call into it.
+
+Rules that hold for every function here:
+
+* Counts are exact. For a tensor with ``n`` candidates and sparsity ``s`` the
+  mask keeps exactly ``num_to_keep(n, s) = floor(n * (1 - s))`` candidates
+  (computed on the decimal value of ``s`` so that ``n=10, s=0.9`` keeps 1,
+  not 0). Ties cannot keep extra weights: selection is by index (top-k), never
+  by a threshold.
+* Selection does not sort the whole tensor: ``keras.ops.top_k`` is asked for
+  the smaller of the kept and the removed sets.
+* All math is ``keras.ops``: masks are computed on the active backend's device.
+"""
+
+import math
+from fractions import Fraction
+
+import keras
+from keras import ops
+
+AVG = "AVG"
+MAX = "MAX"
+_POOLING_TYPES = (AVG, MAX)
+
+
+def num_to_keep(num_elements, sparsity):
+    """Number of elements a mask keeps for a given sparsity.
+
+    Args:
+        num_elements: int, number of candidate elements (weights or blocks).
+        sparsity: float in [0, 1], the fraction to remove.
+
+    Returns:
+        int, ``floor(num_elements * (1 - sparsity))`` evaluated exactly on the
+        decimal value of ``sparsity``.
+
+    Example:
+        >>> num_to_keep(10, 0.9)
+        1
+    """
+    s = Fraction(repr(float(sparsity)))
+    return int(math.floor(num_elements * (1 - s)))
+
+
+def validate_sparsity(sparsity, name="sparsity", allow_one=False):
+    """Raises ValueError unless ``sparsity`` is a number in [0, 1)."""
+    try:
+        value = float(sparsity)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"`{name}` must be a number in [0, 1); received {sparsity!r}."
+        ) from None
+    upper_ok = value <= 1.0 if allow_one else value < 1.0
+    if not (0.0 <= value and upper_ok) or math.isnan(value):
+        bound = "[0, 1]" if allow_one else "[0, 1)"
+        raise ValueError(
+            f"`{name}` must be in {bound}; received {sparsity!r}."
+        )
+    return value
+
+
+def validate_block_size(block_size):
+    """Returns ``block_size`` as a tuple of two positive ints, or raises."""
+    try:
+        block = tuple(int(b) for b in block_size)
+    except TypeError:
+        raise ValueError(
+            "`block_size` must be a pair of positive ints such as (1, 1) or "
+            f"(4, 1); received {block_size!r}."
+        ) from None
+    if len(block) != 2 or min(block) < 1:
+        raise ValueError(
+            "`block_size` must be a pair of positive ints such as (1, 1) or "
+            f"(4, 1); received {block_size!r}."
+        )
+    return block
+
+
+def validate_m_by_n(sparsity_m_by_n):
+    """Returns ``(n_kept, m)`` validated, or None.
+
+    keras-gap reads ``sparsity_m_by_n=(N, M)`` as NVIDIA's "N:M": N non-zeros
+    kept in every group of M consecutive input channels (2:4 keeps 2 of 4).
+    """
+    if sparsity_m_by_n is None:
+        return None
+    try:
+        n, m = (int(v) for v in sparsity_m_by_n)
+    except (TypeError, ValueError):
+        raise ValueError(
+            "`sparsity_m_by_n` must be a pair (N, M) of ints with 0 < N < M, "
+            f"such as (2, 4); received {sparsity_m_by_n!r}."
+        ) from None
+    if not 0 < n < m:
+        raise ValueError(
+            "`sparsity_m_by_n` must be a pair (N, M) with 0 < N < M (N "
+            f"non-zeros kept out of every M); received {sparsity_m_by_n!r}."
+        )
+    return (n, m)
+
+
+def validate_pooling_type(block_pooling_type):
+    if block_pooling_type not in _POOLING_TYPES:
+        raise ValueError(
+            "`block_pooling_type` must be one of "
+            f"{_POOLING_TYPES}; received {block_pooling_type!r}."
+        )
+    return block_pooling_type
+
+
+def topk_mask(scores, num_keep):
+    """Mask with ones at exactly ``num_keep`` highest-scoring positions.
+
+    Args:
+        scores: tensor of any shape; higher means more important.
+        num_keep: int, how many positions to keep (clipped to [0, size]).
+
+    Returns:
+        A float32 tensor shaped like ``scores`` with exactly ``num_keep`` ones.
+        Among equal scores the lower flat index wins.
+
+    Example:
+        >>> topk_mask(keras.ops.array([3., 1., 2., 2.]), 2)  # -> [1, 0, 1, 0]
+    """
+    shape = ops.shape(scores)
+    flat = ops.reshape(ops.cast(scores, "float32"), (-1,))
+    n = int(flat.shape[0])
+    num_keep = max(0, min(int(num_keep), n))
+    if num_keep == n:
+        return ops.ones(shape, "float32")
+    if num_keep == 0:
+        return ops.zeros(shape, "float32")
+    # Ask top_k for the smaller of the two sets: O(n log k) with k <= n/2.
+    if num_keep <= n - num_keep:
+        _, idx = ops.top_k(flat, num_keep, sorted=False)
+        mask = _scatter_ones(idx, n)
+    else:
+        _, idx = ops.top_k(-flat, n - num_keep, sorted=False)
+        mask = 1.0 - _scatter_ones(idx, n)
+    return ops.reshape(mask, shape)
+
+
+def _scatter_ones(indices, n):
+    indices = ops.reshape(ops.cast(indices, "int32"), (-1, 1))
+    updates = ops.ones((int(indices.shape[0]),), "float32")
+    return ops.scatter(indices, updates, (n,))
+
+
+def _as_matrix(shape):
+    """Views a weight as [rows, cols]: all leading axes x the last axis."""
+    return (int(math.prod(shape[:-1])), int(shape[-1]))
+
+
+def _check_block(shape, block_size):
+    if len(shape) < 2:
+        raise ValueError(
+            f"block_size={block_size} needs a weight of rank >= 2; the "
+            f"weight has shape {tuple(shape)}. Use block_size=(1, 1) here."
+        )
+    rows, cols = _as_matrix(shape)
+    if rows % block_size[0] or cols % block_size[1]:
+        raise ValueError(
+            f"block_size={block_size} does not divide the weight of shape "
+            f"{tuple(shape)} (seen as a [{rows}, {cols}] matrix: leading axes "
+            "x last axis). Choose a block that divides both."
+        )
+
+
+def block_mask(scores, sparsity, block_size=(1, 1), block_pooling_type=AVG):
+    """Exact-count mask over blocks of a weight's score tensor.
+
+    The weight is viewed as a [rows, cols] matrix (all leading axes by the last
+    axis: Dense [in, out], Conv [kh*kw*cin, cout]); scores are pooled over each
+    ``block_size`` block (AVG or MAX) and whole blocks are kept or removed.
+    ``block_size=(4, 1)`` on a Dense kernel is the 1x4 block TFLite's sparse
+    FULLY_CONNECTED kernel runs natively.
+
+    Args:
+        scores: tensor of importance scores, the weight's shape.
+        sparsity: float in [0, 1), fraction of blocks to remove.
+        block_size: pair of ints; (1, 1) is unstructured.
+        block_pooling_type: "AVG" or "MAX".
+
+    Returns:
+        float32 mask shaped like ``scores``.
+
+    Example:
+        >>> m = block_mask(keras.ops.abs(w), 0.9, block_size=(4, 1))
+    """
+    block_size = validate_block_size(block_size)
+    shape = tuple(int(d) for d in ops.shape(scores))
+    if block_size == (1, 1):
+        return topk_mask(scores, num_to_keep(int(math.prod(shape)), sparsity))
+    validate_pooling_type(block_pooling_type)
+    _check_block(shape, block_size)
+    rows, cols = _as_matrix(shape)
+    br, bc = block_size
+    grid = ops.reshape(
+        ops.cast(scores, "float32"), (rows // br, br, cols // bc, bc)
+    )
+    pool = ops.mean if block_pooling_type == AVG else ops.max
+    pooled = pool(grid, axis=(1, 3))
+    keep = topk_mask(pooled, num_to_keep(int(math.prod(pooled.shape)), sparsity))
+    keep = ops.repeat(ops.repeat(keep, br, axis=0), bc, axis=1)
+    return ops.reshape(keep, shape)
+
+
+def n_by_m_mask(scores, sparsity_m_by_n):
+    """Keeps the N highest scores in each group of M along the input axis.
+
+    Groups run along axis -2 (input channels: Dense [in, out], Conv
+    [kh, kw, cin, cout]), the layout TFLite and TensorRT use for 2:4.
+
+    Args:
+        scores: tensor of rank >= 2.
+        sparsity_m_by_n: (N, M) with 0 < N < M; N kept in every M.
+
+    Returns:
+        float32 mask shaped like ``scores`` with exactly N ones in each group.
+
+    Example:
+        >>> m = n_by_m_mask(keras.ops.abs(kernel), (2, 4))
+    """
+    n_keep, m = validate_m_by_n(sparsity_m_by_n)
+    shape = tuple(int(d) for d in ops.shape(scores))
+    if len(shape) < 2 or shape[-2] % m:
+        raise ValueError(
+            f"sparsity_m_by_n={sparsity_m_by_n} needs a weight of rank >= 2 "
+            f"whose input-channel axis (-2) is divisible by M={m}; the weight "
+            f"has shape {shape}."
+        )
+    # Move the input axis last and split it into groups of M.
+    perm = list(range(len(shape)))
+    perm[-2], perm[-1] = perm[-1], perm[-2]
+    moved = ops.transpose(ops.cast(scores, "float32"), perm)
+    groups = ops.reshape(moved, (-1, m))
+    _, idx = ops.top_k(groups, n_keep, sorted=False)
+    mask = ops.sum(ops.one_hot(idx, m, dtype="float32"), axis=1)
+    mask = ops.reshape(mask, tuple(moved.shape))
+    return ops.transpose(mask, perm)
+
+
+def compute_mask(scores, sparsity, block_size=(1, 1), block_pooling_type=AVG,
+                 sparsity_m_by_n=None):
+    """Mask for one weight: N:M if given, else (block) top-k at ``sparsity``.
+
+    Args:
+        scores: importance scores shaped like the weight.
+        sparsity: float in [0, 1); ignored when ``sparsity_m_by_n`` is set.
+        block_size: see `block_mask`.
+        block_pooling_type: see `block_mask`.
+        sparsity_m_by_n: see `n_by_m_mask`.
+
+    Returns:
+        float32 mask shaped like ``scores``.
+
+    Example:
+        >>> compute_mask(keras.ops.abs(w), 0.8)
+    """
+    if sparsity_m_by_n is not None:
+        return n_by_m_mask(scores, sparsity_m_by_n)
+    return block_mask(scores, sparsity, block_size, block_pooling_type)
+
+
+def random_mask(shape, sparsity, seed=None, block_size=(1, 1)):
+    """Exact-count uniformly random mask (GaP's and ERK's sparse start).
+
+    Args:
+        shape: the weight's shape.
+        sparsity: float in [0, 1).
+        seed: int or `keras.random.SeedGenerator` for reproducibility.
+        block_size: random over whole blocks when not (1, 1).
+
+    Returns:
+        float32 mask with exactly ``num_to_keep`` ones (blocks).
+
+    Example:
+        >>> random_mask((784, 300), 0.9, seed=0)
+    """
+    scores = keras.random.uniform(tuple(shape), seed=seed)
+    return block_mask(scores, sparsity, block_size, MAX)
+
+
+def mask_sparsity(mask):
+    """Fraction of zeros in a mask (float)."""
+    mask = ops.convert_to_numpy(mask)
+    return float(1.0 - mask.mean()) if mask.size else 0.0

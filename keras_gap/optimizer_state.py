@@ -1,0 +1,76 @@
+"""Editing a Keras optimizer's per-weight state (momentum, Adam moments).
+
+Masks change outside the compiled training step. To keep removed weights at
+exactly zero, their optimizer slots are zeroed when they are removed; GaP can
+also reset the slots of regrown weights (``reset_optimizer="regrown"``) or of
+all weights (``"all"``). Works for every built-in Keras 3 optimizer: slots are
+found as the optimizer's per-variable lists (``_momentums``, ``_velocities``,
+``momentums``, ...) at the variable's index.
+"""
+
+import keras
+from keras import ops
+
+
+def _base_optimizer(optimizer):
+    return getattr(optimizer, "inner_optimizer", optimizer)
+
+
+def slot_variables(optimizer, variable):
+    """The optimizer variables that hold per-entry state for ``variable``.
+
+    Args:
+        optimizer: a Keras 3 optimizer (or LossScaleOptimizer), or None.
+        variable: a trainable model variable.
+
+    Returns:
+        A list of `keras.Variable` shaped like ``variable`` (empty when the
+        optimizer is None, not built yet, or does not track ``variable``).
+
+    Example:
+        >>> [v.path for v in slot_variables(model.optimizer, kernel)]
+        ['adam/dense_kernel_momentum', 'adam/dense_kernel_velocity']
+    """
+    opt = _base_optimizer(optimizer)
+    if opt is None or not getattr(opt, "built", False):
+        return []
+    tracked = getattr(opt, "_trainable_variables", [])
+    try:
+        index = opt._get_variable_index(variable)
+    except (KeyError, AttributeError):
+        return []
+    shape = tuple(variable.shape)
+    found = []
+    for value in vars(opt).values():
+        if (isinstance(value, (list, tuple)) and value is not tracked
+                and len(value) == len(tracked)):
+            slot = value[index]
+            if (isinstance(slot, keras.Variable) and slot is not variable
+                    and tuple(slot.shape) == shape):
+                found.append(slot)
+    return found
+
+
+def mask_slots(optimizer, variable, keep):
+    """Multiplies every slot of ``variable`` by ``keep`` (1 keeps, 0 zeroes).
+
+    Args:
+        optimizer: a Keras optimizer or None.
+        variable: the model variable whose slots to edit.
+        keep: tensor shaped like ``variable``.
+
+    Returns:
+        Number of slot variables edited.
+    """
+    slots = slot_variables(optimizer, variable)
+    for slot in slots:
+        slot.assign(ops.multiply(slot, ops.cast(keep, slot.dtype)))
+    return len(slots)
+
+
+def reset_slots(optimizer, variable):
+    """Zeroes every slot of ``variable``; returns how many were reset."""
+    slots = slot_variables(optimizer, variable)
+    for slot in slots:
+        slot.assign(ops.zeros_like(slot))
+    return len(slots)

@@ -1,0 +1,208 @@
+"""One-call API: `prune_low_magnitude` to wrap, `strip_pruning` to unwrap.
+
+Both follow tf-mot: models are cloned with ``keras.models.clone_model`` and a
+clone function that wraps (or unwraps) layers. The clone reuses the original
+layers, so the pruned model starts from the original weights; the optimizer is
+not carried over (compile the pruned model).
+"""
+
+import keras
+
+from keras_gap import registry
+from keras_gap.schedules import ConstantSparsity
+from keras_gap.wrapper import PruneLowMagnitude, collect_wrappers
+
+_UNSUPPORTED_MODES = ("error", "keep_dense")
+
+
+def _is_graph_model(model):
+    """Sequential or Functional (cloneable) as opposed to subclassed."""
+    return isinstance(model, keras.Sequential) or (
+        isinstance(model, keras.Model) and getattr(model, "_is_graph_network", False)
+        or type(model).__name__ == "Functional")
+
+
+def _check_not_pruned(obj):
+    layers = [obj] if isinstance(obj, keras.layers.Layer) else list(obj)
+    for layer in layers:
+        if isinstance(layer, PruneLowMagnitude) or (
+                isinstance(layer, keras.Model) and collect_wrappers(layer)):
+            raise ValueError(
+                f"{getattr(layer, 'name', layer)!r} is already pruned (it contains "
+                "PruneLowMagnitude layers). Pruning an already-pruned model is not "
+                "supported: strip it first with keras_gap.strip_pruning, or keep "
+                "training the pruned model.")
+
+
+def clone_with(model, clone_layer):
+    """Clones a Sequential/Functional model, mapping every leaf layer.
+
+    Args:
+        model: a Sequential or Functional model.
+        clone_layer: function(layer) -> layer used in the clone.
+
+    Returns:
+        The cloned model (nested models are cloned recursively).
+    """
+    if not _is_graph_model(model):
+        raise ValueError(
+            f"Model {model.name!r} is a subclassed model ({type(model).__name__}); "
+            "it cannot be cloned layer by layer. Wrap its layers where they are "
+            "created instead, e.g. in __init__: "
+            "self.dense = keras_gap.prune_low_magnitude(keras.layers.Dense(64), "
+            "pruning_schedule=...). The UpdatePruningStep callback and "
+            "strip_pruning's layer form work on such models.")
+
+    def fn(layer):
+        if isinstance(layer, keras.Model):
+            return clone_with(layer, clone_layer)
+        return clone_layer(layer)
+
+    return keras.models.clone_model(model, clone_function=fn)
+
+
+def prune_low_magnitude(to_prune, pruning_schedule=None, block_size=(1, 1),
+                        block_pooling_type="AVG", pruning_policy=None,
+                        sparsity_m_by_n=None, *, prune_depthwise=False,
+                        criterion="magnitude", unsupported_layers="error",
+                        **kwargs):
+    """Wraps a layer, a list of layers or a model for magnitude pruning.
+
+    tf-mot's function with the same name and arguments, for Keras 3 models on
+    the TensorFlow, JAX and PyTorch backends. Train with the
+    `UpdatePruningStep` callback, then `strip_pruning`.
+
+    Args:
+        to_prune: a Keras layer, a list of layers, or a Sequential / Functional
+            model (nested models included).
+        pruning_schedule: `PruningSchedule` (or tf-mot schedule); default
+            ``ConstantSparsity(0.5, begin_step=0)``.
+        block_size: block of the weight matrix pruned as a unit, e.g. (4, 1)
+            for TFLite's sparse float FULLY_CONNECTED kernel.
+        block_pooling_type: "AVG" or "MAX".
+        pruning_policy: optional ``callable(layer) -> bool``; layers for which
+            it returns False are left dense (first conv, classifier, ...).
+        sparsity_m_by_n: optional (N, M) structured sparsity, e.g. (2, 4).
+        prune_depthwise: also prune DepthwiseConv kernels.
+        criterion: "magnitude" (default), "random", a registered name or a
+            `keras_gap.criteria.Criterion`.
+        unsupported_layers: "error" (default) raises on a layer with weights
+            keras-gap cannot prune; "keep_dense" leaves such layers as they are.
+        **kwargs: extra arguments for `PruneLowMagnitude`.
+
+    Returns:
+        The wrapped layer, list of wrapped layers, or a new model.
+
+    Example:
+        >>> pruned = kg.prune_low_magnitude(model, pruning_schedule=
+        ...     kg.PolynomialDecay(0.0, 0.9, begin_step=0, end_step=2000))
+        >>> pruned.compile("adam", "sparse_categorical_crossentropy")
+        >>> pruned.fit(x, y, callbacks=[kg.UpdatePruningStep()])
+    """
+    if unsupported_layers not in _UNSUPPORTED_MODES:
+        raise ValueError(f"`unsupported_layers` must be one of {_UNSUPPORTED_MODES}; "
+                         f"received {unsupported_layers!r}.")
+    if pruning_schedule is None:
+        pruning_schedule = ConstantSparsity(0.5, begin_step=0)
+    params = dict(pruning_schedule=pruning_schedule, block_size=block_size,
+                  block_pooling_type=block_pooling_type,
+                  sparsity_m_by_n=sparsity_m_by_n, prune_depthwise=prune_depthwise,
+                  criterion=criterion, **kwargs)
+
+    def wrap(layer):
+        return PruneLowMagnitude(layer, **params)
+
+    if isinstance(to_prune, (list, tuple)):
+        _check_not_pruned(to_prune)
+        return [wrap(layer) for layer in to_prune]
+    if isinstance(to_prune, keras.Model):
+        _check_not_pruned(to_prune)
+        return prune_model(to_prune, wrap, pruning_policy, prune_depthwise,
+                           unsupported_layers)
+    if isinstance(to_prune, keras.layers.Layer):
+        _check_not_pruned(to_prune)
+        return wrap(to_prune)
+    raise ValueError(
+        "`to_prune` must be a keras Layer, a list of layers, or a Sequential / "
+        f"Functional keras Model; received {to_prune!r} of type "
+        f"{type(to_prune).__name__}.")
+
+
+def has_prunable_weights(layer, prune_depthwise=False):
+    """True when ``layer`` is built and owns weights pruning would mask."""
+    if not layer.built:
+        return registry.is_supported(layer, prune_depthwise) and not isinstance(
+            layer, registry._PASS_THROUGH)
+    return bool(registry.get_prunable_weights(layer, prune_depthwise))
+
+
+def prune_model(model, wrap, pruning_policy=None, prune_depthwise=False,
+                unsupported_layers="error"):
+    """Clones ``model`` wrapping every prunable layer with ``wrap(layer)``.
+
+    The building block of `prune_low_magnitude` and `keras_gap.prune_gap`.
+
+    Args:
+        model: Sequential or Functional model.
+        wrap: function(layer) -> PruneLowMagnitude.
+        pruning_policy: optional callable(layer) -> bool (False: keep dense).
+        prune_depthwise: also prune DepthwiseConv kernels.
+        unsupported_layers: "error" or "keep_dense".
+
+    Returns:
+        The pruned model.
+    """
+    wrapped = []
+
+    def clone_layer(layer):
+        if not registry.is_supported(layer, prune_depthwise):
+            if unsupported_layers == "keep_dense":
+                return layer
+            raise registry.unsupported_layer_error(layer)
+        if pruning_policy is not None and not pruning_policy(layer):
+            return layer
+        if not has_prunable_weights(layer, prune_depthwise):
+            return layer
+        wrapper = wrap(layer)
+        wrapped.append(wrapper)
+        return wrapper
+
+    pruned = clone_with(model, clone_layer)
+    if not wrapped:
+        raise ValueError(
+            f"Model {model.name!r} has no prunable weights (no Dense, Conv, "
+            "Embedding, RNN, MultiHeadAttention or get_prunable_weights() layer "
+            "was selected). Nothing to prune.")
+    return pruned
+
+
+def _strip_layer(layer):
+    if isinstance(layer, PruneLowMagnitude):
+        layer.apply_masks()
+        return layer.layer
+    return layer
+
+
+def strip_pruning(model):
+    """Removes pruning wrappers; the zeros are baked into the weights.
+
+    The result is a plain Keras model (saves and loads without custom objects)
+    whose inference outputs equal the pruned model's.
+
+    Args:
+        model: a pruned model or a `PruneLowMagnitude` layer. For a subclassed
+            model whose layers were wrapped by hand, strip each layer.
+
+    Returns:
+        The stripped model (or the inner layer).
+
+    Example:
+        >>> final = kg.strip_pruning(pruned)
+        >>> final.save("final.keras")
+    """
+    if isinstance(model, PruneLowMagnitude):
+        return _strip_layer(model)
+    if not isinstance(model, keras.Model):
+        raise ValueError("strip_pruning expects a keras Model or a PruneLowMagnitude "
+                         f"layer; received {model!r} of type {type(model).__name__}.")
+    return clone_with(model, _strip_layer)

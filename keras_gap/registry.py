@@ -1,0 +1,130 @@
+"""Which weights of which layers are prunable.
+
+One table maps built-in Keras layers to the attributes that hold their
+prunable weights (tf-mot's list). A custom layer opts in by implementing
+``get_prunable_weights()`` (tf-mot's ``PrunableLayer`` contract). Layers whose
+weights must stay dense (normalizations, PReLU, depthwise convs unless asked)
+pass through. Anything else that owns weights is unsupported: a clear error,
+or left dense on request.
+"""
+
+import keras
+
+L = keras.layers
+
+# Layer class -> attribute names of its prunable weights (tf-mot 0.8.1's table).
+_KERNEL_LAYERS = {
+    L.Dense: ("kernel",),
+    L.EinsumDense: ("kernel",),
+    L.Conv1D: ("kernel",),
+    L.Conv2D: ("kernel",),
+    L.Conv3D: ("kernel",),
+    L.Conv1DTranspose: ("kernel",),
+    L.Conv2DTranspose: ("kernel",),
+    L.Conv3DTranspose: ("kernel",),
+    L.SeparableConv1D: ("pointwise_kernel",),
+    L.SeparableConv2D: ("pointwise_kernel",),
+    L.Embedding: ("embeddings",),
+}
+_DEPTHWISE_LAYERS = (L.DepthwiseConv1D, L.DepthwiseConv2D)
+_RNN_LAYERS = (L.LSTM, L.GRU, L.SimpleRNN)
+_RNN_CELL_WEIGHTS = ("kernel", "recurrent_kernel")
+
+# Layers that own weights which keras-gap leaves dense on purpose.
+_PASS_THROUGH = tuple(
+    cls for cls in (
+        getattr(L, name, None) for name in (
+            "BatchNormalization", "LayerNormalization", "GroupNormalization",
+            "UnitNormalization", "RMSNormalization", "SpectralNormalization",
+            "Normalization", "PReLU",
+        )
+    ) if cls is not None
+)
+
+SUPPORTED_LAYERS = tuple(_KERNEL_LAYERS) + _DEPTHWISE_LAYERS + _RNN_LAYERS + (
+    L.MultiHeadAttention, L.Bidirectional, L.TimeDistributed)
+
+
+def is_custom_prunable(layer):
+    """True for layers that implement tf-mot's ``get_prunable_weights()``."""
+    return callable(getattr(layer, "get_prunable_weights", None))
+
+
+def _kernel_attrs(layer):
+    for cls in type(layer).__mro__:
+        if cls in _KERNEL_LAYERS:
+            return _KERNEL_LAYERS[cls]
+    return None
+
+
+def is_supported(layer, prune_depthwise=False):
+    """Whether keras-gap knows how to prune (or pass through) ``layer``.
+
+    Args:
+        layer: a Keras layer (built or not).
+        prune_depthwise: treat DepthwiseConv kernels as prunable.
+
+    Returns:
+        True when the layer is in the registry, implements
+        ``get_prunable_weights()``, is a deliberate pass-through, or owns no
+        weights; False for an unknown layer with weights.
+
+    Example:
+        >>> is_supported(keras.layers.Dense(3))
+        True
+    """
+    if is_custom_prunable(layer) or isinstance(layer, SUPPORTED_LAYERS + _PASS_THROUGH):
+        return True
+    return layer.built and not layer.weights
+
+
+def get_prunable_weights(layer, prune_depthwise=False):
+    """The variables of ``layer`` that pruning masks.
+
+    Args:
+        layer: a built Keras layer.
+        prune_depthwise: include DepthwiseConv kernels.
+
+    Returns:
+        A list of `keras.Variable` (empty for pass-through and weightless
+        layers).
+
+    Raises:
+        ValueError: for an unsupported layer that owns weights.
+
+    Example:
+        >>> d = keras.layers.Dense(3); d.build((None, 4))
+        >>> [w.name for w in get_prunable_weights(d)]
+        ['kernel']
+    """
+    if is_custom_prunable(layer):
+        return list(layer.get_prunable_weights())
+    attrs = _kernel_attrs(layer)
+    if attrs is not None:
+        return [getattr(layer, a) for a in attrs]
+    if isinstance(layer, _DEPTHWISE_LAYERS):
+        return [layer.kernel] if prune_depthwise else []
+    if isinstance(layer, _RNN_LAYERS):
+        return [getattr(layer.cell, a) for a in _RNN_CELL_WEIGHTS]
+    if isinstance(layer, L.MultiHeadAttention):
+        return [d.kernel for d in (layer.query_dense, layer.key_dense,
+                                   layer.value_dense, layer.output_dense)]
+    if isinstance(layer, L.Bidirectional):
+        return (get_prunable_weights(layer.forward_layer, prune_depthwise)
+                + get_prunable_weights(layer.backward_layer, prune_depthwise))
+    if isinstance(layer, L.TimeDistributed):
+        return get_prunable_weights(layer.layer, prune_depthwise)
+    if isinstance(layer, _PASS_THROUGH) or not layer.weights:
+        return []
+    raise unsupported_layer_error(layer)
+
+
+def unsupported_layer_error(layer):
+    return ValueError(
+        f"Layer {layer.name!r} of type {type(layer).__name__} owns weights but "
+        "keras-gap does not know which of them to prune. Either implement "
+        "`get_prunable_weights()` on it (return the kernels to prune, or [] to "
+        "keep it dense), or pass `unsupported_layers='keep_dense'` to "
+        "prune_low_magnitude to leave such layers dense. Supported layers: "
+        + ", ".join(sorted(c.__name__ for c in SUPPORTED_LAYERS)) + "."
+    )

@@ -1,0 +1,119 @@
+"""`sparsity_report`: per-weight and total sparsity of a pruned or stripped model."""
+
+import dataclasses
+
+import numpy as np
+from keras import ops
+
+from keras_gap import registry
+from keras_gap.wrapper import PruneLowMagnitude
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightSparsity:
+    """One row of a sparsity report."""
+
+    layer: str
+    weight: str
+    shape: tuple
+    params: int
+    nonzero: int
+
+    @property
+    def sparsity(self):
+        return 1.0 - self.nonzero / self.params if self.params else 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class SparsityReport:
+    """Sparsity of every prunable weight; print it or read ``rows``/``to_dict()``."""
+
+    rows: tuple
+
+    @property
+    def params(self):
+        return sum(r.params for r in self.rows)
+
+    @property
+    def nonzero(self):
+        return sum(r.nonzero for r in self.rows)
+
+    @property
+    def sparsity(self):
+        return 1.0 - self.nonzero / self.params if self.params else 0.0
+
+    def to_dict(self):
+        """Plain data: ``{"weights": [...], "total": {...}}``."""
+        return {
+            "weights": [dict(dataclasses.asdict(r), shape=list(r.shape),
+                             sparsity=r.sparsity) for r in self.rows],
+            "total": {"params": self.params, "nonzero": self.nonzero,
+                      "sparsity": self.sparsity},
+        }
+
+    def __str__(self):
+        header = ("layer", "weight", "shape", "params", "nonzero", "sparsity")
+        lines = [(r.layer, r.weight, "x".join(map(str, r.shape)), str(r.params),
+                  str(r.nonzero), f"{r.sparsity:.2%}") for r in self.rows]
+        lines.append(("TOTAL", "", "", str(self.params), str(self.nonzero),
+                      f"{self.sparsity:.2%}"))
+        widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
+        fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+        rule = "  ".join("-" * w for w in widths)
+        out = [fmt.format(*header), rule] + [fmt.format(*l) for l in lines[:-1]]
+        return "\n".join(out + [rule, fmt.format(*lines[-1])])
+
+
+def _row(layer_name, weight, values):
+    values = np.asarray(values)
+    return WeightSparsity(layer=layer_name, weight=weight.path,
+                          shape=tuple(int(d) for d in weight.shape),
+                          params=int(values.size), nonzero=int(np.count_nonzero(values)))
+
+
+def _leaf_layers(model):
+    if not hasattr(model, "_flatten_layers"):
+        return [model]
+    stack = [model] if not hasattr(model, "layers") else list(model.layers)
+    out = []
+    for layer in stack:
+        if isinstance(layer, PruneLowMagnitude) or not hasattr(layer, "layers"):
+            out.append(layer)
+        else:
+            out.extend(_leaf_layers(layer))
+    return out
+
+
+def sparsity_report(model, prune_depthwise=False):
+    """Per prunable weight: layer, shape, parameters, non-zeros, sparsity.
+
+    On a pruned model the effective weights (weight * mask) are counted; on a
+    stripped or plain model the weights themselves.
+
+    Args:
+        model: a keras Model or layer (pruned or not).
+        prune_depthwise: count DepthwiseConv kernels as prunable.
+
+    Returns:
+        A `SparsityReport` (``print()`` it for a table; ``.to_dict()`` for data;
+        ``.sparsity`` for the total).
+
+    Example:
+        >>> print(kg.sparsity_report(kg.strip_pruning(pruned)))
+    """
+    rows = []
+    for layer in _leaf_layers(model):
+        if isinstance(layer, PruneLowMagnitude):
+            for weight, mask in zip(layer.pruned_weights, layer.masks):
+                values = ops.convert_to_numpy(weight) * ops.convert_to_numpy(mask)
+                rows.append(_row(layer.layer.name, weight, values))
+            continue
+        if not layer.built:
+            continue
+        try:
+            weights = registry.get_prunable_weights(layer, prune_depthwise)
+        except ValueError:
+            continue  # unknown layer with weights: not a prunable weight
+        for weight in weights:
+            rows.append(_row(layer.name, weight, ops.convert_to_numpy(weight)))
+    return SparsityReport(rows=tuple(rows))

@@ -1,0 +1,251 @@
+"""`PruneLowMagnitude`: the Keras 3 pruning wrapper.
+
+How masking works on every backend (see ../shared/REFERENCES.md section 4):
+
+* Forward pass: while the wrapped layer runs, each prunable weight's attribute
+  is temporarily replaced by ``weight * mask``. The product is taken inside the
+  traced function, so it is correct under TensorFlow's ``tf.function``, JAX's
+  stateless tracing and PyTorch, and gradients of masked entries are exactly 0.
+  Nothing is assigned to a trainable variable inside ``call()`` (that
+  assignment is silently lost under JAX).
+* Mask updates happen eagerly, outside the compiled step, from the
+  `UpdatePruningStep` callback: the mask is recomputed, the weight is
+  multiplied by it, and the optimizer's slots (momentum, Adam moments) of the
+  removed entries are zeroed. With a zero weight, a zero gradient and zero
+  slots, every Keras optimizer leaves the entry at exactly 0: masked weights
+  stay exactly zero after every training step.
+* The training step counter ``pruning_step`` is a non-trainable variable
+  incremented inside ``call(training=True)`` (non-trainable updates inside
+  ``call`` are kept on all backends, like BatchNormalization's statistics). It
+  is saved with the model, so a reloaded model continues at the same step.
+"""
+
+import keras
+from keras import ops
+
+from keras_gap import masks as mask_lib
+from keras_gap import registry
+from keras_gap.schedules import ConstantSparsity, deserialize_schedule, get_schedule
+
+_PACKAGE = "keras_gap"
+
+_MISSING_CALLBACK = (
+    "PruneLowMagnitude layer {name!r} was called with training=True but the "
+    "`keras_gap.UpdatePruningStep()` callback is not active. Pass it to fit: "
+    "model.fit(..., callbacks=[keras_gap.UpdatePruningStep()]). In a custom "
+    "training loop call its set_model(model) and on_train_begin() first, and "
+    "on_train_batch_begin/on_train_batch_end around every step."
+)
+
+
+def _find_owner_attribute(layer, variable):
+    """(owner_layer, attribute_name) whose attribute *is* ``variable``."""
+    for owner in layer._flatten_layers(include_self=True, recursive=True):
+        for attr, value in vars(owner).items():
+            if value is variable:
+                return owner, attr
+    raise ValueError(
+        f"Cannot find which attribute of layer {layer.name!r} holds the "
+        f"prunable weight {variable.path!r}. `get_prunable_weights()` must "
+        "return variables the layer stores as attributes (e.g. self.kernel)."
+    )
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class PruneLowMagnitude(keras.layers.Wrapper):
+    """Wraps a layer so that its prunable weights are masked during training.
+
+    Same name and arguments as ``tfmot.sparsity.keras.PruneLowMagnitude``;
+    usually created through `keras_gap.prune_low_magnitude`.
+
+    Args:
+        layer: the Keras layer to prune (see `keras_gap.registry`).
+        pruning_schedule: a `PruningSchedule` (or a tf-mot schedule object);
+            default ``ConstantSparsity(0.5, begin_step=0)``.
+        block_size: (rows, cols) block of the weight viewed as
+            [all leading axes, last axis]; (1, 1) is unstructured. (4, 1) on a
+            Dense kernel is TFLite's native float sparse block, (16, 1) int8's.
+        block_pooling_type: "AVG" or "MAX", how a block's score is pooled.
+        sparsity_m_by_n: optional (N, M): keep N of every M consecutive input
+            channels (2:4 for NVIDIA sparse tensor cores). Overrides the
+            schedule's sparsity; masks are recomputed at every update.
+        prune_depthwise: also prune DepthwiseConv kernels (off by default).
+        criterion: how weights are scored for removal; a name registered in
+            `keras_gap.criteria` or a `Criterion` object. Default "magnitude".
+        **kwargs: passed to `keras.layers.Wrapper`.
+
+    Returns:
+        A layer whose outputs use the masked weights.
+
+    Example:
+        >>> layer = kg.PruneLowMagnitude(keras.layers.Dense(64),
+        ...     pruning_schedule=kg.ConstantSparsity(0.8, begin_step=0))
+    """
+
+    def __init__(self, layer, pruning_schedule=None, block_size=(1, 1),
+                 block_pooling_type="AVG", sparsity_m_by_n=None,
+                 prune_depthwise=False, criterion="magnitude", **kwargs):
+        if isinstance(layer, PruneLowMagnitude):
+            raise ValueError(
+                f"Layer {layer.layer.name!r} is already wrapped for pruning; "
+                "pruning an already-pruned layer is not supported. Strip it "
+                "first with keras_gap.strip_pruning.")
+        if not isinstance(layer, keras.layers.Layer):
+            raise ValueError(
+                "PruneLowMagnitude wraps a keras.layers.Layer; received "
+                f"{layer!r} of type {type(layer).__name__}.")
+        if not registry.is_supported(layer, prune_depthwise):
+            raise registry.unsupported_layer_error(layer)
+        kwargs.setdefault("name", f"prune_low_magnitude_{layer.name}")
+        super().__init__(layer, **kwargs)
+        if pruning_schedule is None:
+            pruning_schedule = ConstantSparsity(0.5, begin_step=0)
+        self.pruning_schedule = get_schedule(pruning_schedule)
+        self.block_size = mask_lib.validate_block_size(block_size)
+        self.block_pooling_type = mask_lib.validate_pooling_type(block_pooling_type)
+        self.sparsity_m_by_n = mask_lib.validate_m_by_n(sparsity_m_by_n)
+        self.prune_depthwise = bool(prune_depthwise)
+        from keras_gap import criteria  # local: criteria imports this module's users
+        self.criterion = criteria.get(criterion)
+        self.step_callback_active = False
+        self._targets = []
+
+    # Building -----------------------------------------------------------------
+    def build(self, input_shape=None):
+        if not self.layer.built:
+            try:
+                self.layer.build(input_shape)
+            except TypeError:
+                # Layers whose build needs several shapes (MultiHeadAttention):
+                # build for self-attention on the one shape we have.
+                self.layer.build(input_shape, input_shape)
+            self.layer.built = True
+        weights = registry.get_prunable_weights(self.layer, self.prune_depthwise)
+        if not weights:
+            raise ValueError(
+                f"Layer {self.layer.name!r} ({type(self.layer).__name__}) has no "
+                "prunable weights; do not wrap it (prune_low_magnitude on a "
+                "model leaves such layers as they are).")
+        self._targets = [_find_owner_attribute(self.layer, w) for w in weights]
+        self.pruned_weights = list(weights)
+        for w in weights:
+            self.check_structure(tuple(w.shape))
+        self.masks = [
+            self.add_weight(name=f"{w.name}_mask", shape=tuple(w.shape),
+                            initializer="ones", trainable=False, dtype=w.dtype)
+            for w in weights
+        ]
+        self.pruning_step = self.add_weight(
+            name="pruning_step", shape=(), initializer="zeros",
+            trainable=False, dtype="int32")
+        self.built = True
+
+    def check_structure(self, shape):
+        """Raises a clear error when block / N:M structure cannot apply."""
+        probe = ops.ones(shape)
+        if self.sparsity_m_by_n is not None:
+            mask_lib.n_by_m_mask(probe, self.sparsity_m_by_n)
+        elif self.block_size != (1, 1):
+            mask_lib.block_mask(probe, 0.5, self.block_size, self.block_pooling_type)
+
+    # Forward ------------------------------------------------------------------
+    def call(self, inputs, *args, training=None, **kwargs):
+        if training:
+            if not self.step_callback_active:
+                raise RuntimeError(_MISSING_CALLBACK.format(name=self.name))
+            self.pruning_step.assign(self.pruning_step + 1)
+        originals = []
+        try:
+            for (owner, attr), weight, mask in zip(self._targets, self.pruned_weights,
+                                                   self.masks):
+                originals.append((owner, attr, getattr(owner, attr)))
+                object.__setattr__(owner, attr, ops.multiply(weight, mask))
+            if training is not None:
+                kwargs["training"] = training
+            return self.layer(inputs, *args, **kwargs)
+        finally:
+            for owner, attr, value in originals:
+                object.__setattr__(owner, attr, value)
+
+    def compute_output_shape(self, input_shape, *args, **kwargs):
+        return self.layer.compute_output_shape(input_shape, *args, **kwargs)
+
+    # Eager mask operations (called from callbacks, never inside call) -----------
+    def update_masks(self, sparsity, scores=None):
+        """Recomputes every mask at ``sparsity`` and zeroes the removed weights.
+
+        Args:
+            sparsity: float in [0, 1) (ignored with ``sparsity_m_by_n``).
+            scores: optional list of score tensors, one per pruned weight;
+                default: the criterion's scores.
+
+        Returns:
+            The list of new masks (tensors).
+
+        Example:
+            >>> wrapper.update_masks(0.8)
+        """
+        new_masks = []
+        for i, (weight, mask) in enumerate(zip(self.pruned_weights, self.masks)):
+            new = self.criterion.compute_mask(
+                weight=weight, mask=mask, sparsity=sparsity,
+                block_size=self.block_size,
+                block_pooling_type=self.block_pooling_type,
+                sparsity_m_by_n=self.sparsity_m_by_n,
+                scores=None if scores is None else scores[i],
+                variable_path=weight.path)
+            new_masks.append(new)
+        self.set_masks(new_masks)
+        return new_masks
+
+    def set_masks(self, new_masks):
+        """Assigns masks and multiplies the weights by them."""
+        for weight, mask, new in zip(self.pruned_weights, self.masks, new_masks):
+            new = ops.cast(new, mask.dtype)
+            mask.assign(new)
+            weight.assign(ops.multiply(weight, new))
+
+    def apply_masks(self):
+        """Multiplies every pruned weight by its mask (bakes zeros in)."""
+        for weight, mask in zip(self.pruned_weights, self.masks):
+            weight.assign(ops.multiply(weight, mask))
+
+    def mask_counts(self):
+        """[(num_elements, num_nonzero_in_mask)] per pruned weight."""
+        out = []
+        for mask in self.masks:
+            m = ops.convert_to_numpy(mask)
+            out.append((int(m.size), int((m != 0).sum())))
+        return out
+
+    # Serialization ------------------------------------------------------------
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "pruning_schedule": self.pruning_schedule.get_config(),
+            "block_size": list(self.block_size),
+            "block_pooling_type": self.block_pooling_type,
+            "sparsity_m_by_n": (list(self.sparsity_m_by_n)
+                                if self.sparsity_m_by_n else None),
+            "prune_depthwise": self.prune_depthwise,
+            "criterion": keras.saving.serialize_keras_object(self.criterion),
+        })
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        layer = keras.saving.deserialize_keras_object(
+            config.pop("layer"), custom_objects=custom_objects)
+        config["pruning_schedule"] = deserialize_schedule(config["pruning_schedule"])
+        config["criterion"] = keras.saving.deserialize_keras_object(
+            config["criterion"], custom_objects=custom_objects)
+        return cls(layer, **config)
+
+
+def collect_wrappers(model):
+    """All `PruneLowMagnitude` layers in a model, nested models included."""
+    if isinstance(model, PruneLowMagnitude):
+        return [model]
+    return [l for l in model._flatten_layers(include_self=False, recursive=True)
+            if isinstance(l, PruneLowMagnitude)]

@@ -1,0 +1,45 @@
+"""keras-gap: sparse training for Keras 3 (scheduled grow-and-prune, FGGP, export)."""
+
+import pathlib
+
+from setuptools import find_packages, setup
+
+HERE = pathlib.Path(__file__).parent
+
+EXTRAS = {
+    "jax": ["jax>=0.4.30", "jaxlib>=0.4.30"],
+    "torch": ["torch>=2.1"],
+    "tfmot": ["tensorflow-model-optimization>=0.8.0", "tf_keras>=2.16"],
+    "plots": ["matplotlib>=3.7"],
+    "litert": ["ai-edge-litert>=1.0"],
+    "test": ["pytest>=7", "pytest-xdist>=3", "jax>=0.4.30", "jaxlib>=0.4.30",
+             "matplotlib>=3.7"],
+}
+EXTRAS["all"] = sorted({d for k, v in EXTRAS.items() if k != "torch" for d in v})
+
+setup(
+    name="keras-gap",
+    version="0.1.0",
+    description="Sparse training for Keras 3: scheduled grow-and-prune (GaP), "
+                "gradual pruning, FGGP, sparse TFLite export.",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8")
+    if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["keras_gap", "keras_gap.*"]),
+    install_requires=[
+        "keras>=3.8",
+        "tensorflow>=2.18",
+        "tensorflow-datasets>=4.9",
+        "importlib_resources",
+        "absl-py>=1.0",
+        "numpy>=1.26",
+    ],
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["keras-gap=keras_gap.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
