@@ -15,6 +15,8 @@ Example:
 
 from keras_gap import criteria, masks, registry
 from keras_gap.callbacks import PruningSummaries, UpdatePruningStep
+from keras_gap.gap import (GaPCallback, GaPPruningSchedule, gap_partitions,
+                           gap_total_epochs, prune_gap)
 from keras_gap.prune import prune_low_magnitude, strip_pruning
 from keras_gap.report import SparsityReport, sparsity_report
 from keras_gap.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
@@ -23,7 +25,7 @@ from keras_gap.wrapper import PruneLowMagnitude
 __version__ = "0.1.0"
 
 __all__ = [
-    "ConstantSparsity", "PolynomialDecay", "PruneLowMagnitude", "PruningSchedule",
-    "PruningSummaries", "SparsityReport", "UpdatePruningStep", "criteria", "masks",
+    "ConstantSparsity", "GaPCallback", "GaPPruningSchedule", "PolynomialDecay", "PruneLowMagnitude", "PruningSchedule",
+    "PruningSummaries", "SparsityReport", "UpdatePruningStep", "criteria", "gap_partitions", "gap_total_epochs", "masks", "prune_gap",
     "prune_low_magnitude", "registry", "sparsity_report", "strip_pruning",
 ]

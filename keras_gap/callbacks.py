@@ -12,7 +12,9 @@ import os
 import keras
 from keras import ops
 
+from keras_gap import gradients as gradients_lib
 from keras_gap import optimizer_state
+from keras_gap import pruning_groups
 from keras_gap.wrapper import collect_wrappers
 
 
@@ -69,6 +71,22 @@ class UpdatePruningStep(keras.callbacks.Callback):
         self.step = int(ops.convert_to_numpy(self.wrappers[0].pruning_step))
         self._steps_per_execution = int(getattr(model, "steps_per_execution", 1) or 1)
         self.sparsity = overall_sparsity(self.wrappers)
+        self._setup_groups(model)
+
+    def _setup_groups(self, model):
+        """Global scope / distributions / gradient criteria (FGGP)."""
+        self._groups = pruning_groups.build_groups(self.wrappers)
+        self._recorder, self._attached_recorder = None, False
+        needy = [w for w in self.wrappers
+                 if getattr(w.criterion, "needs_gradients", False)]
+        if needy:
+            variables = [v for w in needy for v in w.pruned_weights]
+            batches = max(int(getattr(w.criterion, "gradient_batches", 1)) for w in needy)
+            self._recorder, self._attached_recorder = gradients_lib.attach_recorder(
+                model, variables, num_batches=batches)
+
+    def _gradient_of(self, variable):
+        return None if self._recorder is None else self._recorder.gradient(variable)
 
     def on_train_batch_begin(self, batch, logs=None):
         due = []
@@ -89,8 +107,17 @@ class UpdatePruningStep(keras.callbacks.Callback):
             The new overall sparsity.
         """
         model = self.model  # JAX: sync the trainer's state into the variables.
+        groups = getattr(self, "_groups", None) or {}
+        done_groups = set()
         for wrapper, sparsity in due:
-            wrapper.update_masks(sparsity)
+            key = pruning_groups.group_key(wrapper)
+            if pruning_groups.is_grouped(wrapper) and key in groups:
+                if key not in done_groups:
+                    done_groups.add(key)
+                    pruning_groups.update_group(groups[key], sparsity, self._gradient_of)
+            else:
+                wrapper.update_masks(sparsity)
+        for wrapper, _ in due:
             for weight, mask in zip(wrapper.pruned_weights, wrapper.masks):
                 optimizer_state.mask_slots(model.optimizer, weight, mask)
         self.sparsity = overall_sparsity(self.wrappers)
@@ -112,6 +139,10 @@ class UpdatePruningStep(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         for w in self.wrappers:
             w.step_callback_active = False
+        if getattr(self, "_attached_recorder", False):
+            self.model  # JAX: sync the trainer's state before swapping back.
+            gradients_lib.detach_recorder(self._raw_model(), self._recorder)
+            self._attached_recorder = False
         # Drop the compiled step so that a later fit without this callback is
         # traced again and raises the missing-callback error.
         self._raw_model().train_function = None

@@ -59,9 +59,18 @@ def get(criterion):
 
 
 class Criterion:
-    """Base class. Subclasses override `scores` (higher = keep)."""
+    """Base class. Subclasses override `scores` (higher = keep).
+
+    Class attributes read by `keras_gap.UpdatePruningStep`:
+    ``needs_gradients`` (True: the callback records the loss gradient of the
+    pruned weights with `keras_gap.gradients.GradientRecorder` and passes it
+    as ``gradient=`` / ``gradients=``) and ``gradient_batches`` (how many
+    recent batches the recorded gradient averages).
+    """
 
     registered_name = None
+    needs_gradients = False
+    gradient_batches = 1
 
     def scores(self, weight, mask, **kwargs):
         raise NotImplementedError
@@ -87,6 +96,34 @@ class Criterion:
             scores = self.scores(weight, mask, **kwargs)
         return mask_lib.compute_mask(scores, sparsity, block_size,
                                      block_pooling_type, sparsity_m_by_n)
+
+    def compute_global_masks(self, weights, masks, sparsity, gradients=None,
+                             **kwargs):
+        """New masks for several weights ranked together (``scope="global"``).
+
+        The default ranks ``self.scores`` of all weights jointly and keeps
+        exactly ``num_to_keep(total, sparsity)`` (unstructured only).
+
+        Args:
+            weights: list of weight variables or tensors.
+            masks: their current masks.
+            sparsity: overall float in [0, 1).
+            gradients: optional list of gradients (one per weight).
+            **kwargs: extra context passed to `scores`.
+
+        Returns:
+            List of float32 masks.
+
+        Example:
+            >>> kg.criteria.Magnitude().compute_global_masks([k1, k2], [m1, m2], 0.9)
+        """
+        scores = []
+        for i, (weight, mask) in enumerate(zip(weights, masks)):
+            extra = dict(kwargs)
+            if gradients is not None:
+                extra["gradient"] = gradients[i]
+            scores.append(self.scores(weight, mask, **extra))
+        return mask_lib.global_topk_masks(scores, sparsity)
 
     def get_config(self):
         return {}
@@ -124,3 +161,149 @@ class Random(Criterion):
 
     def get_config(self):
         return {"seed": self.seed}
+
+
+def _flat(x):
+    return ops.reshape(ops.cast(ops.convert_to_tensor(x), "float32"), (-1,))
+
+
+def fggp_masks(weights, masks, gradients, sparsity, rate=0.5):
+    """The FGGP rule over one tensor or jointly over several (global scope).
+
+    With ``n`` entries in total and ``a`` still active (mask 1):
+    ``k = a - num_to_keep(n, sparsity)`` weights are removed now. Candidates
+    are the ``floor(rate * a)`` active weights with the smallest |gradient|;
+    among them the ``k`` with the smallest |w| are removed. Masked-out
+    entries never return (``k <= 0`` leaves the masks unchanged).
+
+    Args:
+        weights: list of weight tensors/variables.
+        masks: list of current masks (1 = active), same shapes.
+        gradients: list of gradients of the loss w.r.t. the weights.
+        sparsity: float in [0, 1), target sparsity over all entries.
+        rate: float in (0, 1], candidate fraction of the active weights.
+
+    Returns:
+        List of float32 masks; exactly ``num_to_keep(n, sparsity)`` ones in
+        total whenever ``k > 0``.
+
+    Example:
+        >>> fggp_masks([w], [m], [g], 0.9, rate=0.5)
+    """
+    rate = _validate_rate(rate)
+    sparsity = mask_lib.validate_sparsity(sparsity)
+    if gradients is None or any(g is None for g in gradients):
+        raise ValueError(
+            "FGGP needs the loss gradient of every pruned weight; received "
+            "none. Train with keras_gap.UpdatePruningStep (it records gradients "
+            "through keras_gap.gradients.GradientRecorder), or pass "
+            "gradient=/gradients= computed with keras_gap.gradients.compute_gradients.")
+    shapes = [tuple(int(d) for d in ops.shape(w)) for w in weights]
+    w = ops.concatenate([_flat(x) for x in weights], axis=0)
+    m = ops.concatenate([_flat(x) for x in masks], axis=0)
+    g = ops.concatenate([_flat(x) for x in gradients], axis=0)
+    n = int(w.shape[0])
+    active = int(ops.convert_to_numpy(ops.sum(ops.cast(m > 0, "int32"))))
+    k = active - mask_lib.num_to_keep(n, sparsity)
+    m = ops.cast(m > 0, "float32")
+    if k <= 0:
+        return mask_lib.split_flat(m, shapes)
+    num_candidates = mask_lib.num_to_keep(active, 1.0 - rate) if rate < 1 else active
+    if k > num_candidates:
+        raise ValueError(
+            f"FGGP must remove k={k} weights at this update (sparsity {sparsity} "
+            f"of {n} weights, {active} still active) but its candidate set holds "
+            f"only floor(rate * active) = floor({rate} * {active}) = "
+            f"{num_candidates}. Use a larger rate (k needs rate >= "
+            f"{k / active:.4f}) or more frequent updates (a higher schedule "
+            "frequency / smaller sparsity steps).")
+    inf = ops.convert_to_tensor(float("inf"), "float32")
+    grad_score = ops.where(m > 0, ops.abs(g), inf)
+    # Candidates: the num_candidates smallest |g| among active entries.
+    _, cand = ops.top_k(-grad_score, num_candidates, sorted=False)
+    # Among candidates: remove the k smallest |w|.
+    cand_w = ops.take(ops.abs(w), cand)
+    _, pick = ops.top_k(-cand_w, k, sorted=False)
+    removed = ops.take(cand, pick)
+    removed = ops.reshape(ops.cast(removed, "int32"), (-1, 1))
+    hit = ops.scatter(removed, ops.ones((k,), "float32"), (n,))
+    return mask_lib.split_flat(m * (1.0 - hit), shapes)
+
+
+def _validate_rate(rate):
+    try:
+        value = float(rate)
+    except (TypeError, ValueError):
+        raise ValueError(f"FGGP `rate` must be a number in (0, 1]; received {rate!r}.") from None
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"FGGP `rate` must be in (0, 1]; received {rate!r}.")
+    return value
+
+
+@register("fggp")
+class FGGP(Criterion):
+    """Fixed-rate gradient-first, magnitude-next gradual pruning (Zhu et al. 2024).
+
+    At an update that must remove ``k`` weights, the candidates are the
+    fraction ``rate`` of still-active weights with the smallest |gradient| (the
+    loss gradient of the most recent training batch, or the mean over the last
+    ``gradient_batches`` batches); the ``k`` candidates with the smallest |w|
+    are removed. Removed weights never return. Works per tensor
+    (``scope="layer"``) or over all pruned weights (``scope="global"``);
+    unstructured only.
+
+    Args:
+        rate: float in (0, 1], candidate fraction (fixed, default 0.5).
+        gradient_batches: int >= 1, average the gradient over this many most
+            recent batches (1: the current minibatch, as in the paper).
+
+    Example:
+        >>> pruned = kg.prune_low_magnitude(model, pruning_schedule=
+        ...     kg.PolynomialDecay(0.0, 0.95, 0, 8000, frequency=500),
+        ...     criterion=kg.criteria.FGGP(rate=0.5), scope="global")
+    """
+
+    needs_gradients = True
+
+    def __init__(self, rate=0.5, gradient_batches=1):
+        self.rate = _validate_rate(rate)
+        if (not isinstance(gradient_batches, int) or isinstance(gradient_batches, bool)
+                or gradient_batches < 1):
+            raise ValueError("FGGP `gradient_batches` must be an int >= 1; received "
+                             f"{gradient_batches!r}.")
+        self.gradient_batches = gradient_batches
+
+    def scores(self, weight, mask, **kwargs):
+        raise NotImplementedError(
+            "FGGP has no single score: it selects by |gradient| then |w|. Use "
+            "compute_mask / compute_global_masks (or keras_gap.criteria.fggp_masks).")
+
+    @staticmethod
+    def _check_structure(block_size, sparsity_m_by_n):
+        if sparsity_m_by_n is not None or tuple(block_size) != (1, 1):
+            raise ValueError(
+                "FGGP prunes single weights only; received block_size="
+                f"{tuple(block_size)}, sparsity_m_by_n={sparsity_m_by_n}. Use "
+                "block_size=(1, 1) and no sparsity_m_by_n, or the magnitude criterion.")
+
+    def compute_mask(self, weight, mask, sparsity, block_size=(1, 1),
+                     block_pooling_type="AVG", sparsity_m_by_n=None,
+                     scores=None, gradient=None, **kwargs):
+        """FGGP mask for one tensor; ``gradient`` is required.
+
+        With precomputed ``scores`` it falls back to plain top-k on them.
+        """
+        self._check_structure(block_size, sparsity_m_by_n)
+        if scores is not None:
+            return mask_lib.compute_mask(scores, sparsity)
+        return fggp_masks([weight], [mask], [gradient], sparsity, self.rate)[0]
+
+    def compute_global_masks(self, weights, masks, sparsity, gradients=None,
+                             **kwargs):
+        return fggp_masks(weights, masks, gradients, sparsity, self.rate)
+
+    def get_config(self):
+        return {"rate": self.rate, "gradient_batches": self.gradient_batches}
+
+    def __repr__(self):
+        return f"FGGP(rate={self.rate}, gradient_batches={self.gradient_batches})"

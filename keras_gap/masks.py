@@ -66,7 +66,7 @@ def validate_block_size(block_size):
     """Returns ``block_size`` as a tuple of two positive ints, or raises."""
     try:
         block = tuple(int(b) for b in block_size)
-    except TypeError:
+    except (TypeError, ValueError):
         raise ValueError(
             "`block_size` must be a pair of positive ints such as (1, 1) or "
             f"(4, 1); received {block_size!r}."
@@ -288,3 +288,54 @@ def mask_sparsity(mask):
     """Fraction of zeros in a mask (float)."""
     mask = ops.convert_to_numpy(mask)
     return float(1.0 - mask.mean()) if mask.size else 0.0
+
+
+def global_topk_masks(scores_list, sparsity):
+    """Exact-count masks ranked jointly across several tensors (global scope).
+
+    The tensors are flattened and concatenated; exactly
+    ``num_to_keep(total_size, sparsity)`` highest scores are kept overall, so
+    per-tensor sparsities follow from the ranking (a tensor may end up denser
+    or sparser than ``sparsity``).
+
+    Args:
+        scores_list: list of score tensors (any shapes); higher means keep.
+        sparsity: float in [0, 1), the overall fraction to remove.
+
+    Returns:
+        List of float32 masks, one per entry of ``scores_list``, with their
+        shapes; the total number of ones is exactly
+        ``num_to_keep(sum of sizes, sparsity)``.
+
+    Example:
+        >>> m1, m2 = global_topk_masks([ops.abs(k1), ops.abs(k2)], 0.9)
+    """
+    scores_list = list(scores_list)
+    if not scores_list:
+        raise ValueError("`scores_list` must hold at least one score tensor; "
+                         "received an empty list.")
+    validate_sparsity(sparsity)
+    shapes = [tuple(int(d) for d in ops.shape(s)) for s in scores_list]
+    sizes = [int(math.prod(shape)) for shape in shapes]
+    flat = ops.concatenate(
+        [ops.reshape(ops.cast(s, "float32"), (-1,)) for s in scores_list], axis=0)
+    keep = topk_mask(flat, num_to_keep(sum(sizes), sparsity))
+    return split_flat(keep, shapes)
+
+
+def split_flat(flat, shapes):
+    """Splits a flat tensor into consecutive pieces reshaped to ``shapes``.
+
+    Args:
+        flat: 1-D tensor whose length is the sum of the shapes' sizes.
+        shapes: list of shapes.
+
+    Returns:
+        List of tensors, one per shape.
+    """
+    out, start = [], 0
+    for shape in shapes:
+        size = int(math.prod(shape))
+        out.append(ops.reshape(flat[start:start + size], shape))
+        start += size
+    return out

@@ -8,7 +8,7 @@ not carried over (compile the pruned model).
 
 import keras
 
-from keras_gap import registry
+from keras_gap import criteria, distributions, registry
 from keras_gap.schedules import ConstantSparsity
 from keras_gap.wrapper import PruneLowMagnitude, collect_wrappers
 
@@ -65,7 +65,8 @@ def prune_low_magnitude(to_prune, pruning_schedule=None, block_size=(1, 1),
                         block_pooling_type="AVG", pruning_policy=None,
                         sparsity_m_by_n=None, *, prune_depthwise=False,
                         criterion="magnitude", unsupported_layers="error",
-                        **kwargs):
+                        scope="layer", distribution="uniform", initial_mask="dense",
+                        initial_sparsity=None, seed=None, **kwargs):
     """Wraps a layer, a list of layers or a model for magnitude pruning.
 
     tf-mot's function with the same name and arguments, for Keras 3 models on
@@ -88,6 +89,20 @@ def prune_low_magnitude(to_prune, pruning_schedule=None, block_size=(1, 1),
             `keras_gap.criteria.Criterion`.
         unsupported_layers: "error" (default) raises on a layer with weights
             keras-gap cannot prune; "keep_dense" leaves such layers as they are.
+        scope: "layer" (default; each weight pruned to its own sparsity) or
+            "global" (all wrapped weights ranked together; the schedule's
+            sparsity is the overall one). Layers excluded by
+            ``pruning_policy`` (e.g. the first conv) stay dense and outside.
+        distribution: how the schedule's sparsity is split over the wrapped
+            weights with ``scope="layer"``: "uniform" (default), "erk", "er"
+            or a dict {weight path: sparsity}; also the split of a random
+            initial mask.
+        initial_mask: "dense" (default), "random" (exact-count random masks
+            at ``initial_sparsity`` split by ``distribution``) or
+            "erk_random" (the same with ERK). Use a schedule that starts at
+            ``initial_sparsity``, e.g. PolynomialDecay(0.5, 0.95, ...).
+        initial_sparsity: overall sparsity of the random initial mask.
+        seed: int seed of the random initial mask.
         **kwargs: extra arguments for `PruneLowMagnitude`.
 
     Returns:
@@ -104,24 +119,36 @@ def prune_low_magnitude(to_prune, pruning_schedule=None, block_size=(1, 1),
                          f"received {unsupported_layers!r}.")
     if pruning_schedule is None:
         pruning_schedule = ConstantSparsity(0.5, begin_step=0)
+    init_distribution = _check_sparse_options(
+        criteria.get(criterion), scope, distribution, initial_mask, initial_sparsity, block_size,
+        sparsity_m_by_n)
+    kwargs.setdefault("pruning_group",
+                      f"pruning_group_{keras.backend.get_uid('keras_gap_group')}")
     params = dict(pruning_schedule=pruning_schedule, block_size=block_size,
                   block_pooling_type=block_pooling_type,
                   sparsity_m_by_n=sparsity_m_by_n, prune_depthwise=prune_depthwise,
-                  criterion=criterion, **kwargs)
+                  criterion=criterion, scope=scope, distribution=distribution,
+                  **kwargs)
 
     def wrap(layer):
         return PruneLowMagnitude(layer, **params)
 
     if isinstance(to_prune, (list, tuple)):
         _check_not_pruned(to_prune)
-        return [wrap(layer) for layer in to_prune]
-    if isinstance(to_prune, keras.Model):
+        result = [wrap(layer) for layer in to_prune]
+    elif isinstance(to_prune, keras.Model):
         _check_not_pruned(to_prune)
-        return prune_model(to_prune, wrap, pruning_policy, prune_depthwise,
-                           unsupported_layers)
-    if isinstance(to_prune, keras.layers.Layer):
+        result = prune_model(to_prune, wrap, pruning_policy, prune_depthwise,
+                             unsupported_layers)
+    elif isinstance(to_prune, keras.layers.Layer):
         _check_not_pruned(to_prune)
-        return wrap(to_prune)
+        result = wrap(to_prune)
+    else:
+        result = None
+    if result is not None:
+        if init_distribution is not None:
+            apply_random_initial_masks(result, initial_sparsity, init_distribution, seed)
+        return result
     raise ValueError(
         "`to_prune` must be a keras Layer, a list of layers, or a Sequential / "
         f"Functional keras Model; received {to_prune!r} of type "
@@ -206,3 +233,67 @@ def strip_pruning(model):
         raise ValueError("strip_pruning expects a keras Model or a PruneLowMagnitude "
                          f"layer; received {model!r} of type {type(model).__name__}.")
     return clone_with(model, _strip_layer)
+
+
+_INITIAL_MASKS = ("dense", "random", "erk_random")
+
+
+def _check_sparse_options(criterion, scope, distribution, initial_mask,
+                          initial_sparsity, block_size, sparsity_m_by_n):
+    """Validates the FGGP / sparse-start options; returns the initial split."""
+    if scope not in ("layer", "global"):
+        raise ValueError(f"`scope` must be 'layer' or 'global'; received {scope!r}.")
+    distributions.validate_distribution(distribution)
+    structured = tuple(block_size) != (1, 1) or sparsity_m_by_n is not None
+    if structured and (scope == "global" or criterion.needs_gradients):
+        raise ValueError(
+            f"scope={scope!r} with criterion {criterion!r} supports unstructured "
+            f"pruning only; received block_size={tuple(block_size)}, "
+            f"sparsity_m_by_n={sparsity_m_by_n}.")
+    if initial_mask not in _INITIAL_MASKS:
+        raise ValueError(f"`initial_mask` must be one of {_INITIAL_MASKS}; "
+                         f"received {initial_mask!r}.")
+    if initial_mask == "dense":
+        if initial_sparsity not in (None, 0, 0.0):
+            raise ValueError(
+                f"initial_sparsity={initial_sparsity} needs a sparse start: pass "
+                "initial_mask='random' or 'erk_random'.")
+        return None
+    if initial_sparsity is None:
+        raise ValueError(f"initial_mask={initial_mask!r} needs `initial_sparsity` "
+                         "(e.g. 0.5).")
+    from keras_gap import masks as mask_lib
+    mask_lib.validate_sparsity(initial_sparsity, "initial_sparsity")
+    return "erk" if initial_mask == "erk_random" else distribution
+
+
+def apply_random_initial_masks(pruned, sparsity, distribution="erk", seed=None):
+    """Gives every pruned weight an exact-count random mask (a sparse start).
+
+    Args:
+        pruned: a pruned model, a `PruneLowMagnitude` layer or a list of them
+            (built).
+        sparsity: overall sparsity over all pruned weights.
+        distribution: "uniform", "erk", "er" or a dict (see
+            `keras_gap.distributions.layer_sparsities`).
+        seed: int seed.
+
+    Returns:
+        dict weight path -> sparsity that was applied.
+
+    Example:
+        >>> apply_random_initial_masks(pruned, 0.5, "erk", seed=0)
+    """
+    items = pruned if isinstance(pruned, (list, tuple)) else [pruned]
+    wrappers = [w for item in items for w in collect_wrappers(item)]
+    unbuilt = [w.name for w in wrappers if not w.built]
+    if unbuilt:
+        raise ValueError(
+            f"A random initial mask needs built layers; {unbuilt} are not built. "
+            "Prune a model with an Input (or build the layers) first.")
+    weights = [v for w in wrappers for v in w.pruned_weights]
+    shapes = {v.path: tuple(v.shape) for v in weights}
+    masks = distributions.random_masks(shapes, sparsity, distribution, seed=seed)
+    for w in wrappers:
+        w.set_masks([masks[v.path] for v in w.pruned_weights])
+    return distributions.layer_sparsities(shapes, sparsity, distribution)

@@ -72,6 +72,14 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         prune_depthwise: also prune DepthwiseConv kernels (off by default).
         criterion: how weights are scored for removal; a name registered in
             `keras_gap.criteria` or a `Criterion` object. Default "magnitude".
+        scope: "layer" (each weight pruned to its own sparsity) or "global"
+            (all wrappers of the same ``pruning_group`` ranked together by
+            `UpdatePruningStep`; the schedule's sparsity is then overall).
+        distribution: per-weight split of the schedule's sparsity across the
+            ``pruning_group`` for ``scope="layer"``: "uniform", "erk", "er"
+            or a dict {weight path: sparsity} (see `keras_gap.distributions`).
+        pruning_group: name shared by wrappers pruned together (set by
+            `prune_low_magnitude`); None is the default group.
         **kwargs: passed to `keras.layers.Wrapper`.
 
     Returns:
@@ -84,7 +92,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
 
     def __init__(self, layer, pruning_schedule=None, block_size=(1, 1),
                  block_pooling_type="AVG", sparsity_m_by_n=None,
-                 prune_depthwise=False, criterion="magnitude", **kwargs):
+                 prune_depthwise=False, criterion="magnitude", scope="layer",
+                 distribution="uniform", pruning_group=None, **kwargs):
         if isinstance(layer, PruneLowMagnitude):
             raise ValueError(
                 f"Layer {layer.layer.name!r} is already wrapped for pruning; "
@@ -107,6 +116,12 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         self.prune_depthwise = bool(prune_depthwise)
         from keras_gap import criteria  # local: criteria imports this module's users
         self.criterion = criteria.get(criterion)
+        if scope not in ("layer", "global"):
+            raise ValueError(f"`scope` must be 'layer' or 'global'; received {scope!r}.")
+        from keras_gap import distributions
+        self.scope = scope
+        self.distribution = distributions.validate_distribution(distribution)
+        self.pruning_group = pruning_group
         self.step_callback_active = False
         self._targets = []
 
@@ -229,6 +244,9 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                                 if self.sparsity_m_by_n else None),
             "prune_depthwise": self.prune_depthwise,
             "criterion": keras.saving.serialize_keras_object(self.criterion),
+            "scope": self.scope,
+            "distribution": self.distribution,
+            "pruning_group": self.pruning_group,
         })
         return config
 

@@ -1,0 +1,9 @@
+"""Scheduled grow-and-prune (GaP): schedule, partitioning, one-call API, callback."""
+
+from keras_gap.gap.api import gap_partitions, gap_total_epochs, prune_gap
+from keras_gap.gap.callback import GaPCallback
+from keras_gap.gap.partition import partition_layers
+from keras_gap.gap.schedule import GaPPruningSchedule
+
+__all__ = ["GaPCallback", "GaPPruningSchedule", "gap_partitions", "gap_total_epochs",
+           "partition_layers", "prune_gap"]

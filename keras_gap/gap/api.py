@@ -1,0 +1,192 @@
+"""`prune_gap`: prepares a model for scheduled grow-and-prune in one call."""
+
+import math
+
+import keras
+
+from keras_gap import registry
+from keras_gap.gap.partition import partition_layers
+from keras_gap.gap.schedule import GaPPruningSchedule
+from keras_gap.masks import validate_sparsity
+from keras_gap.prune import _check_not_pruned, has_prunable_weights, prune_model
+from keras_gap.wrapper import PruneLowMagnitude, collect_wrappers
+
+METHODS = ("cgap", "pgap")
+DISTRIBUTIONS = ("uniform", "erk", "er", "global")
+
+
+def prunable_layers(model, keep_dense=(), prune_depthwise=False):
+    """Prunable leaf layers of ``model`` in forward order (nested models too).
+
+    Args:
+        model: a Sequential or Functional model.
+        keep_dense: names of layers to leave dense.
+        prune_depthwise: treat DepthwiseConv kernels as prunable.
+
+    Returns:
+        List of (layer, number of prunable parameters).
+    """
+    out = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            out.extend(prunable_layers(layer, keep_dense, prune_depthwise))
+        elif (layer.name not in keep_dense and registry.is_supported(layer, prune_depthwise)
+              and has_prunable_weights(layer, prune_depthwise)):
+            size = sum(math.prod(w.shape)
+                       for w in registry.get_prunable_weights(layer, prune_depthwise))
+            out.append((layer, size))
+    return out
+
+
+def _layer_sparsities(layers, target, distribution, keep_dense):
+    names = [l.name for l, _ in layers]
+    if isinstance(distribution, dict):
+        unknown = sorted(set(distribution) - set(names))
+        if unknown:
+            raise ValueError(f"Sparsity distribution names unknown layers {unknown}; "
+                             f"prunable layers: {names}.")
+        return {n: validate_sparsity(distribution.get(n, target), f"sparsity of {n}")
+                for n in names}
+    if distribution in ("uniform", "global"):
+        return {n: target for n in names}
+    if distribution in ("erk", "er"):
+        from keras_gap import distributions  # shared with FGGP
+        shapes = {}
+        for layer, _ in layers:
+            weights = registry.get_prunable_weights(layer)
+            # One shape per layer: the largest prunable weight stands for it.
+            shapes[layer.name] = tuple(max(weights, key=lambda w: math.prod(w.shape)).shape)
+        return distributions.layer_sparsities(shapes, target, distribution)
+    raise ValueError(f"`distribution` must be one of {DISTRIBUTIONS} or a dict of "
+                     f"layer name -> sparsity; received {distribution!r}.")
+
+
+def prune_gap(model, target_sparsity=0.9, num_partitions=4, epochs_per_step=None,
+              steps_per_step=None, rounds=1, finetune_epochs=0, finetune_steps=0,
+              partitioning="balanced", distribution="uniform", keep_dense=None,
+              method="cgap", criterion="magnitude", block_size=(1, 1),
+              block_pooling_type="AVG", seed=0):
+    """Wraps a model for scheduled grow-and-prune (GaP), in one call.
+
+    The prunable layers are split into ``num_partitions`` partitions; each is
+    grown to dense in turn for ``epochs_per_step`` epochs (or
+    ``steps_per_step`` steps) while the others stay sparse, ``rounds`` times;
+    then every layer is pruned to its target and fine-tuned for
+    ``finetune_epochs``. Train with ``fit(epochs=gap_total_epochs(model),
+    callbacks=[GaPCallback()])``. No dense pre-training: the sparse
+    partitions start from exact-count random masks.
+
+    Args:
+        model: a Sequential or Functional Keras model.
+        target_sparsity: overall target in [0, 1).
+        num_partitions: K.
+        epochs_per_step: epochs each partition stays grown (default 1 when
+            ``steps_per_step`` is not given).
+        steps_per_step: training steps each partition stays grown.
+        rounds: how many times each partition is grown.
+        finetune_epochs: epochs of the final phase with all masks fixed.
+        finetune_steps: the same in steps (with ``steps_per_step``).
+        partitioning: "balanced" (default), "sequential", "random", or a
+            list of lists of layer names.
+        distribution: "uniform" (default), "erk", "er", "global" (per-layer
+            ratios from one magnitude threshold at each prune-back), or a dict
+            layer name -> sparsity.
+        keep_dense: layer names left dense (e.g. first conv, classifier).
+        method: "cgap" (cyclic, default) or "pgap" (parallel copies, merged).
+        criterion: prune-back criterion ("magnitude" or a Criterion).
+        block_size: block structure, as in `prune_low_magnitude`.
+        block_pooling_type: "AVG" or "MAX".
+        seed: seed of the random initial masks and of "random" partitioning.
+
+    Returns:
+        The wrapped model (compile it, then fit with `GaPCallback`).
+
+    Example:
+        >>> pruned = kg.prune_gap(model, target_sparsity=0.9, num_partitions=4,
+        ...                       epochs_per_step=2, rounds=3, finetune_epochs=4)
+        >>> pruned.compile("adam", "sparse_categorical_crossentropy")
+        >>> pruned.fit(ds, epochs=kg.gap_total_epochs(pruned),
+        ...            callbacks=[kg.GaPCallback()])
+    """
+    target = validate_sparsity(target_sparsity, "target_sparsity")
+    if method not in METHODS:
+        raise ValueError(f"`method` must be one of {METHODS}; received {method!r}.")
+    if epochs_per_step is None and steps_per_step is None:
+        epochs_per_step = 1
+    if epochs_per_step is not None and steps_per_step is not None:
+        raise ValueError("Give either `epochs_per_step` or `steps_per_step`, not both.")
+    for name, value in (("epochs_per_step", epochs_per_step),
+                        ("steps_per_step", steps_per_step)):
+        if value is not None and (not isinstance(value, int) or value <= 0):
+            raise ValueError(f"`{name}` must be a positive int (each partition must "
+                             f"train for at least one); received {value!r}.")
+    if not isinstance(model, keras.Model):
+        raise ValueError("prune_gap expects a Sequential or Functional keras Model; "
+                         f"received {type(model).__name__}.")
+    _check_not_pruned(model)
+    keep_dense = tuple(keep_dense or ())
+    all_names = {l.name for l in model._flatten_layers(include_self=False)}
+    unknown = [n for n in keep_dense if n not in all_names]
+    if unknown:
+        raise ValueError(f"`keep_dense` names layers that are not in the model: {unknown}.")
+
+    layers = prunable_layers(model, keep_dense)
+    if not layers:
+        raise ValueError(f"Model {model.name!r} has no prunable layers left to partition "
+                         f"(keep_dense={list(keep_dense)}).")
+    names = [l.name for l, _ in layers]
+    groups = partition_layers(names, [n for _, n in layers], num_partitions,
+                              partitioning, seed)
+    k = len(groups)
+    part_of = {name: i for i, g in enumerate(groups) for name in g}
+    sparsities = _layer_sparsities(layers, target, distribution, keep_dense)
+    dist_name = distribution if isinstance(distribution, str) else "custom"
+
+    def wrap(layer):
+        schedule = GaPPruningSchedule(
+            part_of[layer.name], k, sparsities[layer.name], rounds=rounds,
+            steps_per_step=steps_per_step, epochs_per_step=epochs_per_step,
+            finetune_steps=finetune_steps, finetune_epochs=finetune_epochs,
+            method=method, distribution=dist_name, seed=seed)
+        return PruneLowMagnitude(layer, pruning_schedule=schedule, criterion=criterion,
+                                 block_size=block_size,
+                                 block_pooling_type=block_pooling_type)
+
+    pruned = prune_model(model, wrap,
+                         pruning_policy=lambda l: l.name in part_of)
+    return pruned
+
+
+def gap_wrappers(model):
+    """The model's GaP-scheduled wrappers; a clear error if there are none."""
+    wrappers = collect_wrappers(model)
+    if not wrappers or not all(isinstance(w.pruning_schedule, GaPPruningSchedule)
+                               for w in wrappers):
+        raise ValueError(
+            f"Model {getattr(model, 'name', model)!r} was not prepared by "
+            "keras_gap.prune_gap (its pruning layers do not all carry a "
+            "GaPPruningSchedule). Call pruned = keras_gap.prune_gap(model, ...) first.")
+    return wrappers
+
+
+def gap_total_epochs(model):
+    """Epochs that ``fit`` needs to run the model's whole GaP schedule.
+
+    Args:
+        model: a model returned by `prune_gap` with ``epochs_per_step``.
+
+    Returns:
+        rounds * num_partitions * epochs_per_step + finetune_epochs.
+
+    Example:
+        >>> pruned.fit(ds, epochs=kg.gap_total_epochs(pruned), callbacks=[kg.GaPCallback()])
+    """
+    return gap_wrappers(model)[0].pruning_schedule.total_epochs()
+
+
+def gap_partitions(model):
+    """{partition index: [wrappers]} of a GaP model."""
+    groups = {}
+    for w in gap_wrappers(model):
+        groups.setdefault(w.pruning_schedule.partition, []).append(w)
+    return dict(sorted(groups.items()))

@@ -1,0 +1,283 @@
+"""`GaPCallback`: where GaP decides which partition is dense.
+
+At every GaP boundary (see `GaPPruningSchedule`) it prunes the previously
+grown partition back by the criterion (magnitude by default), grows the next
+one (masks become ones; the regrown weights start at exactly zero because they
+were zeroed when pruned), and after the last boundary prunes the last grown
+partition and leaves all masks fixed for fine-tuning.
+
+P-GaP (``method="pgap"``) runs its K copies one after another in the same
+fit: every copy starts from the round's sparse model, copy i grows partition
+i; at the end of a round partition i is taken from copy i, the other weights
+(biases, norms, dense layers) are averaged over the copies, and everything is
+pruned back to the target. `pgap.merge_copies` is the pure merge step a
+distributed worker pool can reuse.
+"""
+
+import math
+import warnings
+
+import numpy as np
+from keras import ops
+
+from keras_gap import masks as mask_lib
+from keras_gap import optimizer_state
+from keras_gap.callbacks import PruningSummaries, UpdatePruningStep, overall_sparsity
+from keras_gap.gap import pgap
+from keras_gap.gap.api import gap_wrappers
+
+RESET_MODES = ("regrown", "all", "none")
+
+
+class GaPCallback(UpdatePruningStep):
+    """Drives scheduled grow-and-prune during ``model.fit`` (use instead of
+    `UpdatePruningStep`).
+
+    Args:
+        reset_optimizer: optimizer state at a boundary: "regrown" (default)
+            zeroes the slots of regrown weights, "all" zeroes every slot of
+            every weight (the paper restarts the optimizer at every step), "none"
+            keeps them. Slots of removed weights are always zeroed.
+        log_dir: optional TensorBoard directory (per-weight and per-partition
+            sparsity, grown partition).
+        verbose: 1 prints a line at every boundary; 0 is silent.
+
+    Returns:
+        A Keras callback. Adds ``gap_partition`` (grown partition, -1 while
+        fine-tuning), ``sparsity`` and ``sparsity_p<i>`` to the logs.
+
+    Example:
+        >>> pruned.fit(ds, epochs=kg.gap_total_epochs(pruned),
+        ...            callbacks=[kg.GaPCallback(log_dir="logs")])
+    """
+
+    def __init__(self, reset_optimizer="regrown", log_dir=None, verbose=1):
+        super().__init__()
+        if reset_optimizer not in RESET_MODES:
+            raise ValueError(f"`reset_optimizer` must be one of {RESET_MODES}; "
+                             f"received {reset_optimizer!r}.")
+        self.reset_optimizer = reset_optimizer
+        self.verbose = verbose
+        self._summaries = PruningSummaries(log_dir) if log_dir else None
+        self._pgap_snapshot = None
+        self._pgap_copies = {}
+        self._checked_length = False
+
+    # Setup ----------------------------------------------------------------------
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.wrappers = gap_wrappers(self.model)
+        steps_per_epoch = self.params.get("steps") if self.params else None
+        for w in self.wrappers:
+            sched = w.pruning_schedule
+            if sched.epochs_per_step is not None:
+                if not steps_per_epoch:
+                    raise ValueError(
+                        "GaP counts in epochs (epochs_per_step="
+                        f"{sched.epochs_per_step}) but fit does not know the number of "
+                        "steps per epoch. Pass steps_per_epoch= to fit, or use "
+                        "prune_gap(steps_per_step=...).")
+                w.pruning_schedule = sched.resolve(steps_per_epoch)
+        self.schedule = self.wrappers[0].pruning_schedule
+        self.partitions = {}
+        for w in self.wrappers:
+            self.partitions.setdefault(w.pruning_schedule.partition, []).append(w)
+        self._partition_cache = self.partition_sparsities()
+        if self._summaries is not None:
+            self._summaries.set_model(self.model)
+            self._summaries.on_train_begin()
+        if self.schedule.method == "pgap" and self.step > self.schedule.begin_step:
+            _, j = self.schedule.phase(self.step)
+            if j % self.schedule.num_partitions and j < self.schedule.num_gap_steps:
+                warnings.warn(
+                    "P-GaP resumed in the middle of a round: the copies trained "
+                    "before the interruption are not in the checkpoint, so this "
+                    "round continues from the current model as its snapshot.")
+                self._pgap_snapshot = pgap.snapshot(self.model, self.wrappers)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._checked_length or not self.params:
+            return
+        self._checked_length = True
+        steps, epochs = self.params.get("steps"), self.params.get("epochs")
+        if not steps or not epochs:
+            return
+        needed_steps = self.schedule.total_steps() - self.step
+        have_steps = (epochs - epoch) * steps
+        if have_steps < needed_steps:
+            needed = epoch + math.ceil(needed_steps / steps)
+            warnings.warn(
+                f"This fit ends before the GaP schedule does: the schedule needs "
+                f"epochs={needed} (with {steps} steps per epoch) but fit was given "
+                f"epochs={epochs}. The model will not reach its final pruned state; "
+                "use epochs=keras_gap.gap_total_epochs(model).")
+
+    # Boundaries -------------------------------------------------------------------
+    def on_train_batch_begin(self, batch, logs=None):
+        s = self.schedule
+        step = self.step
+        if step < s.begin_step or (step - s.begin_step) % s.steps_per_step:
+            return
+        j = (step - s.begin_step) // s.steps_per_step
+        if j > s.num_gap_steps:
+            return
+        self.model  # JAX: sync trainer state into the variables before editing.
+        if j == 0:
+            self._initialize()
+        elif s.method == "pgap":
+            self._pgap_boundary(j)
+        else:
+            self._cgap_boundary(j)
+        self.sparsity = overall_sparsity(self.wrappers)
+        self._partition_cache = self.partition_sparsities()
+        if self.verbose:
+            self._announce(j)
+        if self._summaries is not None:
+            self._summaries.write()
+
+    def _initialize(self):
+        """Step 0: exact-count random masks; partition 0 starts grown.
+
+        For P-GaP the all-sparse model is the round's base snapshot that
+        every copy starts from.
+        """
+        for w in self.wrappers:
+            sched = w.pruning_schedule
+            w.set_masks([self._random_mask(w, v, sched) for v in w.pruned_weights])
+            self._zero_removed_slots(w)
+        if self.schedule.method == "pgap":
+            self._pgap_snapshot = pgap.snapshot(self.model, self.wrappers)
+            self._pgap_copies = {}
+        self._grow(self.partitions[0])
+
+    @staticmethod
+    def _random_mask(wrapper, variable, sched):
+        seed = _seed(sched.seed, variable.path)
+        if wrapper.sparsity_m_by_n is not None:
+            import keras
+            scores = keras.random.uniform(tuple(variable.shape), seed=seed)
+            return mask_lib.n_by_m_mask(scores, wrapper.sparsity_m_by_n)
+        return mask_lib.random_mask(tuple(variable.shape), sched.target_sparsity,
+                                    seed=seed, block_size=wrapper.block_size)
+
+    def _cgap_boundary(self, j):
+        k = self.schedule.num_partitions
+        self._prune_back(self.partitions[(j - 1) % k])
+        if j < self.schedule.num_gap_steps:
+            self._grow(self.partitions[j % k])
+        if self.reset_optimizer == "all":
+            self._reset_all_slots()
+
+    def _pgap_boundary(self, j):
+        k = self.schedule.num_partitions
+        finished = (j - 1) % k
+        self._pgap_copies[finished] = pgap.snapshot(self.model, self.wrappers)
+        if j % k:  # next copy of the same round: restart from the round's model
+            pgap.restore(self.model, self.wrappers, self._pgap_snapshot)
+            self._grow(self.partitions[j % k])
+        else:      # round complete: merge the K copies, prune everything back
+            merged = pgap.merge_copies(
+                self._pgap_copies,
+                pgap.partition_indices(self.model, self.wrappers, self.partitions))
+            pgap.restore(self.model, self.wrappers, merged)
+            self._prune_back(self.wrappers)
+            self._pgap_copies = {}
+            if j < self.schedule.num_gap_steps:
+                self._pgap_snapshot = pgap.snapshot(self.model, self.wrappers)
+                self._grow(self.partitions[0])
+        self._reset_all_slots()  # every copy is a fresh run
+
+    # Mask edits ---------------------------------------------------------------------
+    def _prune_back(self, wrappers):
+        if self.schedule.distribution == "global":
+            self._prune_back_global(wrappers)
+        else:
+            for w in wrappers:
+                w.update_masks(w.pruning_schedule.target_sparsity)
+        for w in wrappers:
+            self._zero_removed_slots(w)
+
+    def _prune_back_global(self, wrappers):
+        """One magnitude threshold across ``wrappers`` with the budget that
+        puts the whole model exactly at its target."""
+        chosen = {id(w) for w in wrappers}
+        budget = sum(mask_lib.num_to_keep(n, w.pruning_schedule.target_sparsity)
+                     for w in self.wrappers for n, _ in w.mask_counts())
+        budget -= sum(nz for w in self.wrappers if id(w) not in chosen
+                      for _, nz in w.mask_counts())
+        scores = [w.criterion.scores(v, m) for w in wrappers
+                  for v, m in zip(w.pruned_weights, w.masks)]
+        sizes = [int(np.prod(s.shape)) for s in scores]
+        flat = ops.concatenate([ops.reshape(s, (-1,)) for s in scores])
+        keep = mask_lib.topk_mask(flat, max(budget, 0))
+        pieces = ops.split(keep, np.cumsum(sizes)[:-1].tolist()) if len(sizes) > 1 else [keep]
+        i = 0
+        for w in wrappers:
+            new = []
+            for v in w.pruned_weights:
+                new.append(ops.reshape(pieces[i], tuple(v.shape)))
+                i += 1
+            w.set_masks(new)
+
+    def _grow(self, wrappers):
+        for w in wrappers:
+            old = [ops.convert_to_tensor(m) for m in w.masks]
+            w.set_masks([ops.ones(tuple(v.shape)) for v in w.pruned_weights])
+            if self.reset_optimizer == "regrown":
+                for v, m in zip(w.pruned_weights, old):
+                    optimizer_state.mask_slots(self.model.optimizer, v, m)
+
+    def _zero_removed_slots(self, wrapper):
+        for v, m in zip(wrapper.pruned_weights, wrapper.masks):
+            optimizer_state.mask_slots(self.model.optimizer, v, m)
+
+    def _reset_all_slots(self):
+        for v in self.model.trainable_variables:
+            optimizer_state.reset_slots(self.model.optimizer, v)
+
+    # Reporting ------------------------------------------------------------------------
+    def partition_sparsities(self):
+        """{partition: sparsity of its pruned weights}."""
+        return {p: overall_sparsity(ws) for p, ws in self.partitions.items()}
+
+    def grown_partition(self):
+        """Partition grown during the last completed step (-1: fine-tuning)."""
+        g = self.schedule.grown_partition(max(self.step - 1, 0))
+        return -1 if g is None else g
+
+    def _announce(self, j):
+        s = self.schedule
+        what = (f"round {j // s.num_partitions + 1}/{s.rounds}, partition "
+                f"{j % s.num_partitions} grown" if j < s.num_gap_steps
+                else "all partitions at target, fine-tuning")
+        parts = " ".join(f"p{p}={v:.3f}" for p, v in self._partition_cache.items())
+        print(f"\n[GaP {s.method}] step {j}/{s.num_gap_steps} at training step "
+              f"{self.step}: {what}; sparsity {self.sparsity:.4f} ({parts})", flush=True)
+
+    def _add_logs(self, logs):
+        if logs is None:
+            return
+        logs["gap_partition"] = self.grown_partition()
+        logs["sparsity"] = self.sparsity
+        for p, v in self._partition_cache.items():
+            logs[f"sparsity_p{p}"] = v
+
+    def on_train_batch_end(self, batch, logs=None):
+        super().on_train_batch_end(batch, logs)
+        self._add_logs(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        self._add_logs(logs)
+        if self._summaries is not None:
+            self._summaries.write()
+
+    def on_train_end(self, logs=None):
+        super().on_train_end(logs)
+        if self._summaries is not None:
+            self._summaries.on_train_end()
+
+
+def _seed(seed, path):
+    """A per-variable seed derived from the run seed and the variable path."""
+    return (int(seed) * 1_000_003 + sum(ord(c) * 31 ** i for i, c in enumerate(path))) % (2**31 - 1)
