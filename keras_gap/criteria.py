@@ -192,22 +192,24 @@ def fggp_masks(weights, masks, gradients, sparsity, rate=0.5):
     """
     rate = _validate_rate(rate)
     sparsity = mask_lib.validate_sparsity(sparsity)
-    if gradients is None or any(g is None for g in gradients):
-        raise ValueError(
-            "FGGP needs the loss gradient of every pruned weight; received "
-            "none. Train with keras_gap.UpdatePruningStep (it records gradients "
-            "through keras_gap.gradients.GradientRecorder), or pass "
-            "gradient=/gradients= computed with keras_gap.gradients.compute_gradients.")
     shapes = [tuple(int(d) for d in ops.shape(w)) for w in weights]
     w = ops.concatenate([_flat(x) for x in weights], axis=0)
     m = ops.concatenate([_flat(x) for x in masks], axis=0)
-    g = ops.concatenate([_flat(x) for x in gradients], axis=0)
     n = int(w.shape[0])
     active = int(ops.convert_to_numpy(ops.sum(ops.cast(m > 0, "int32"))))
     k = active - mask_lib.num_to_keep(n, sparsity)
     m = ops.cast(m > 0, "float32")
     if k <= 0:
         return mask_lib.split_flat(m, shapes)
+    if gradients is None or any(g is None for g in gradients):
+        raise ValueError(
+            f"FGGP must remove {k} weights but has no loss gradient for them. "
+            "Train with keras_gap.UpdatePruningStep (it records gradients through "
+            "keras_gap.gradients.GradientRecorder; none exists before the first "
+            "training batch, so start a schedule that prunes at step 0 at "
+            "begin_step >= 1), or pass gradient=/gradients= computed with "
+            "keras_gap.gradients.compute_gradients.")
+    g = ops.concatenate([_flat(x) for x in gradients], axis=0)
     num_candidates = mask_lib.num_to_keep(active, 1.0 - rate) if rate < 1 else active
     if k > num_candidates:
         raise ValueError(

@@ -92,13 +92,6 @@ def update_group(members, sparsity, gradient_of=None):
         if gradient_of is None:
             raise ValueError(f"Criterion {criterion!r} needs gradients; none available.")
         gradients = [gradient_of(v) for v in weights]
-        if any(g is None for g in gradients):
-            raise ValueError(
-                f"Criterion {criterion!r} must remove weights at this step but no "
-                "training batch has been recorded yet (an update at the very "
-                "first step of training). Start the schedule at begin_step >= 1, "
-                "or start sparse with initial_mask='random' and an initial "
-                "sparsity equal to the schedule's initial sparsity.")
     if first.scope == "global":
         new = criterion.compute_global_masks(weights, masks, sparsity,
                                              gradients=gradients)

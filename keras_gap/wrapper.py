@@ -185,6 +185,11 @@ class PruneLowMagnitude(keras.layers.Wrapper):
     def compute_output_shape(self, input_shape, *args, **kwargs):
         return self.layer.compute_output_shape(input_shape, *args, **kwargs)
 
+    def compute_output_spec(self, *args, **kwargs):
+        # Delegate symbolic calls with all their arguments: layers with several
+        # inputs (MultiHeadAttention's query, value) need more than one shape.
+        return self.layer.compute_output_spec(*args, **kwargs)
+
     # Eager mask operations (called from callbacks, never inside call) -----------
     def update_masks(self, sparsity, scores=None):
         """Recomputes every mask at ``sparsity`` and zeroes the removed weights.

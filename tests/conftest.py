@@ -26,6 +26,10 @@ def pytest_configure(config):
         ("torch", "needs PyTorch; skipped when torch is not installed"),
     ):
         config.addinivalue_line("markers", f"{marker}: {text}")
+    # Noise from keras' TF backend converting variables with np.array().
+    config.addinivalue_line(
+        "filterwarnings",
+        "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
 
 
 def pytest_report_header(config):

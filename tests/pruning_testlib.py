@@ -46,8 +46,9 @@ def small_cnn(size=8, channels=1, num_classes=3):
     return keras.Sequential([
         keras.Input((size, size, channels)),
         keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
+        keras.layers.MaxPooling2D(2),
         keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
-        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Flatten(),
         keras.layers.Dense(num_classes),
     ])
 

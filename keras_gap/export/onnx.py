@@ -76,6 +76,8 @@ def to_onnx(model, path, opset_version=None, input_signature=None):
             f"ONNX export on the {keras.backend.backend()!r} backend needs "
             f"{', '.join(missing)}: pip install {' '.join(missing)}.")
     model = _common.prepare_model(model)
+    if input_signature is None and not getattr(model, "_called", True):
+        _call_once(model)  # keras' ONNX exporter refuses never-called (cloned) models
     path = os.fspath(path)
     kwargs = {}
     if opset_version is not None:
@@ -86,3 +88,13 @@ def to_onnx(model, path, opset_version=None, input_signature=None):
         with contextlib.redirect_stdout(io.StringIO()):
             model.export(tmp, format="onnx", verbose=False, **kwargs)
     return path
+
+
+def _call_once(model):
+    import numpy as np
+
+    if not getattr(model, "inputs", None):
+        return
+    batch = [np.zeros([1 if d is None else d for d in t.shape], dtype=str(t.dtype))
+             for t in model.inputs]
+    model(batch[0] if len(batch) == 1 else batch, training=False)

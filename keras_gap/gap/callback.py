@@ -152,7 +152,8 @@ class GaPCallback(UpdatePruningStep):
 
     @staticmethod
     def _random_mask(wrapper, variable, sched):
-        seed = _seed(sched.seed, variable.path)
+        # Seed from names that do not depend on auto-numbered model names.
+        seed = _seed(sched.seed, f"{wrapper.layer.name}/{variable.name}")
         if wrapper.sparsity_m_by_n is not None:
             import keras
             scores = keras.random.uniform(tuple(variable.shape), seed=seed)
@@ -279,5 +280,5 @@ class GaPCallback(UpdatePruningStep):
 
 
 def _seed(seed, path):
-    """A per-variable seed derived from the run seed and the variable path."""
+    """A per-variable seed derived from the run seed and a variable's name."""
     return (int(seed) * 1_000_003 + sum(ord(c) * 31 ** i for i, c in enumerate(path))) % (2**31 - 1)

@@ -1,0 +1,175 @@
+"""Gradual magnitude pruning (GMP) vs FGGP on Fashion-MNIST.
+
+Methods (same model, data, optimizer, epoch budget and cubic schedule):
+  gmp   -- magnitude, per layer (uniform from dense; ERK split from an ERK start)
+  fggp  -- FGGP(rate=0.5), global scope over all pruned kernels
+at 90/95/98% final sparsity, from dense and from a 50% random ERK start,
+over several seeds. Results: benchmarks/results/fggp_vs_gmp.{json,md}.
+
+Model: MLP 784-300-100-10 (266,200 prunable kernel weights, every Dense kernel
+pruned). Data: the Debian `dataset-fashion-mnist` IDX files (or --data_dir).
+
+    python benchmarks/fggp_vs_gmp.py --quick      # seconds: a smoke run
+    python benchmarks/fggp_vs_gmp.py              # full run (~20-30 min, 2 cores)
+
+KERAS_BACKEND defaults to jax here (fastest on CPU for this model).
+"""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import datetime  # noqa: E402
+import gzip  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+import keras  # noqa: E402
+import keras_gap as kg  # noqa: E402
+from keras_gap.callbacks import overall_sparsity  # noqa: E402
+from keras_gap.wrapper import collect_wrappers  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_bool("quick", False, "Tiny smoke run (1 seed, 1 sparsity, 2 epochs).")
+flags.DEFINE_string("data_dir", "/usr/share/datasets/fashion-mnist", "IDX .gz files.")
+flags.DEFINE_string("out_dir", os.path.join(os.path.dirname(__file__), "results"),
+                    "Where fggp_vs_gmp.{json,md} go.")
+flags.DEFINE_integer("train_size", 20000, "Training images used (first N).")
+flags.DEFINE_integer("test_size", 10000, "Test images used (first N).")
+flags.DEFINE_integer("epochs", 10, "Epochs per run (same for every method).")
+flags.DEFINE_integer("batch_size", 64, "Batch size.")
+flags.DEFINE_float("prune_fraction", 0.75, "Pruning ends at this fraction of training.")
+flags.DEFINE_integer("prune_events", 25, "Number of mask updates.")
+flags.DEFINE_list("sparsities", ["0.9", "0.95", "0.98"], "Final sparsities.")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
+flags.DEFINE_list("starts", ["dense", "erk50"], "Starts: dense, erk50.")
+flags.DEFINE_list("methods", ["gmp", "fggp"], "Methods: gmp, fggp.")
+
+
+def read_idx(path):
+    """IDX (optionally gzipped) -> numpy array."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def load(data_dir, train_size, test_size):
+    def part(name):
+        x = read_idx(os.path.join(data_dir, f"{name}-images-idx3-ubyte.gz"))
+        y = read_idx(os.path.join(data_dir, f"{name}-labels-idx1-ubyte.gz"))
+        return x.reshape(len(x), -1).astype("float32") / 255.0, y.astype("int32")
+    (x, y), (xt, yt) = part("train"), part("t10k")
+    return (x[:train_size], y[:train_size]), (xt[:test_size], yt[:test_size])
+
+
+def build_model():
+    return keras.Sequential([
+        keras.Input((784,)),
+        keras.layers.Dense(300, activation="relu"),
+        keras.layers.Dense(100, activation="relu"),
+        keras.layers.Dense(10),
+    ])
+
+
+def run(method, start, sparsity, seed, data, steps_per_epoch):
+    (x, y), (xt, yt) = data
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(seed)
+    total = steps_per_epoch * FLAGS.epochs
+    end_step = int(total * FLAGS.prune_fraction)
+    frequency = max(1, end_step // FLAGS.prune_events)
+    end_step = frequency * FLAGS.prune_events
+    initial = 0.5 if start == "erk50" else 0.0
+    schedule = kg.PolynomialDecay(initial, sparsity, begin_step=0, end_step=end_step,
+                                  power=3, frequency=frequency)
+    kwargs = {}
+    if start == "erk50":
+        kwargs.update(initial_mask="erk_random", initial_sparsity=0.5, seed=seed)
+    if method == "gmp":
+        kwargs.update(criterion="magnitude", scope="layer",
+                      distribution="erk" if start == "erk50" else "uniform")
+    else:
+        kwargs.update(criterion=kg.criteria.FGGP(rate=0.5), scope="global",
+                      distribution="erk")
+    pruned = kg.prune_low_magnitude(build_model(), pruning_schedule=schedule, **kwargs)
+    pruned.compile(keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True),
+                   keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                   metrics=["accuracy"])
+    t0 = time.time()
+    pruned.fit(x, y, batch_size=FLAGS.batch_size, epochs=FLAGS.epochs, verbose=0,
+               shuffle=True, callbacks=[kg.UpdatePruningStep()])
+    seconds = time.time() - t0
+    _, acc = pruned.evaluate(xt, yt, batch_size=1000, verbose=0)
+    wrappers = collect_wrappers(pruned)
+    return {"method": method, "start": start, "target": sparsity, "seed": seed,
+            "test_accuracy": float(acc), "sparsity": overall_sparsity(wrappers),
+            "per_layer_sparsity": [1 - nz / n for w in wrappers for n, nz in w.mask_counts()],
+            "train_seconds": round(seconds, 1), "steps": total,
+            "end_step": end_step, "frequency": frequency}
+
+
+def write(results, config, out_dir):
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "fggp_vs_gmp.json"), "w") as f:
+        json.dump({"config": config, "runs": results}, f, indent=1)
+    rows = {}
+    for r in results:
+        rows.setdefault((r["start"], r["target"], r["method"]), []).append(r["test_accuracy"])
+    lines = ["# GMP vs FGGP on Fashion-MNIST", "",
+             "Config: " + ", ".join(f"{k}={v}" for k, v in config.items()), "",
+             "| start | sparsity | method | test acc mean | std | seeds |",
+             "|---|---|---|---|---|---|"]
+    for (start, target, method), accs in sorted(rows.items()):
+        std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        lines.append(f"| {start} | {target:.2f} | {method} | {100 * statistics.mean(accs):.2f} "
+                     f"| {100 * std:.2f} | {len(accs)} |")
+    with open(os.path.join(out_dir, "fggp_vs_gmp.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main(argv):
+    del argv
+    if FLAGS.quick:
+        FLAGS.train_size, FLAGS.test_size, FLAGS.epochs = 2000, 1000, 2
+        FLAGS.sparsities, FLAGS.seeds, FLAGS.prune_events = ["0.9"], ["0"], 8
+    data = load(FLAGS.data_dir, FLAGS.train_size, FLAGS.test_size)
+    steps_per_epoch = -(-FLAGS.train_size // FLAGS.batch_size)
+    config = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()} {platform.processor() or ''} "
+                   f"{os.cpu_count()} cpus".strip(),
+        "backend": keras.backend.backend(), "keras": keras.__version__,
+        "quick": FLAGS.quick, "model": "MLP 784-300-100-10 (all 3 kernels pruned)",
+        "train_size": FLAGS.train_size, "test_size": FLAGS.test_size,
+        "epochs": FLAGS.epochs, "batch_size": FLAGS.batch_size,
+        "optimizer": "SGD(0.05, momentum 0.9, nesterov)",
+        "schedule": f"cubic PolynomialDecay, {FLAGS.prune_events} updates, ends at "
+                    f"{FLAGS.prune_fraction:.0%} of training",
+    }
+    results = []
+    t0 = time.time()
+    for start in FLAGS.starts:
+        for target in (float(s) for s in FLAGS.sparsities):
+            for seed in (int(s) for s in FLAGS.seeds):
+                for method in FLAGS.methods:
+                    r = run(method, start, target, seed, data, steps_per_epoch)
+                    results.append(r)
+                    print(f"{start} {target} {method} seed={seed}: acc "
+                          f"{r['test_accuracy']:.4f} sparsity {r['sparsity']:.4f} "
+                          f"({r['train_seconds']} s)", flush=True)
+    config["total_minutes"] = round((time.time() - t0) / 60, 1)
+    write(results, config, FLAGS.out_dir)
+
+
+if __name__ == "__main__":
+    app.run(main)
