@@ -33,7 +33,7 @@ from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("epochs", None, "Epoch budget of EACH model (dense and sparse). "
-                     "Default: 8 (--fast: partitions + 1).")
+                     "Default: 12 (--fast: partitions + 1).")
 flags.DEFINE_float("sparsity", 0.9, "Target sparsity of the prunable weights, in [0, 1).")
 flags.DEFINE_integer("partitions", 4, "GaP partitions (K).")
 flags.DEFINE_integer("rounds", None, "GaP rounds (default: as many as fit in 3/4 of "
@@ -48,7 +48,7 @@ flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_string("output_dir", None, "Output folder (default: a new temp folder).")
 
-DEFAULT_EPOCHS = 8
+DEFAULT_EPOCHS = 12
 
 
 # --- data and model -------------------------------------------------------------------
@@ -256,7 +256,7 @@ def plot(results, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5.5))
     for m in results["models"]:
         acc = m["history"].get("val_accuracy", [])
         ax1.plot(range(1, len(acc) + 1), acc, marker="o", label=f"{m['label']} (Keras, test)")
@@ -274,7 +274,7 @@ def plot(results, path):
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("test accuracy")
     ax1.set_title("Accuracy (shaded: grown GaP partition; ft: fine-tuning)")
-    ax1.legend(fontsize=7, loc="lower right")
+    ax1.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
     ax1.grid(alpha=0.3)
 
     layers = [r["layer"] for r in sparse["layers"]]
@@ -347,6 +347,7 @@ def main(argv):
                                 sparse_hist)
     sparse_time = time.time() - t
     final = kg.strip_pruning(pruned)
+    final.save(os.path.join(output_dir, f"{FLAGS.method}.keras"))  # plain Keras model
     compile_model(final)
     print(kg.sparsity_report(final))
 
@@ -361,7 +362,8 @@ def main(argv):
         keras_acc = float(model.evaluate(test, verbose=0)[1])
         params, nonzero = count_params(model)
         report = kg.sparsity_report(model)
-        model.save(os.path.join(output_dir, f"{name}.keras"))
+        if name == "dense":
+            model.save(os.path.join(output_dir, "dense.keras"))
         rows = export_and_measure(name, model, output_dir, x_test, y_test, x_cal,
                                   sparse, latency_runs)
         results["models"].append({

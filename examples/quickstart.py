@@ -44,6 +44,12 @@ def make_datasets(limit, batch_size):
     return train, test
 
 
+def tensorboard_available():
+    """PruningSummaries writes tf.summary events, which need the tensorboard package."""
+    import importlib.util
+    return importlib.util.find_spec("tensorboard") is not None
+
+
 def make_model():
     """A small CNN; the Rescaling layer takes 0..255 pixels."""
     import keras
@@ -89,19 +95,22 @@ def main(argv):
                    metrics=["accuracy"])
 
     # 2. Train with the required UpdatePruningStep callback.
-    pruned.fit(train, epochs=FLAGS.epochs, validation_data=test, callbacks=[
-        kg.UpdatePruningStep(),
-        kg.PruningSummaries(log_dir=os.path.join(output_dir, "logs")),
-    ])
+    callbacks = [kg.UpdatePruningStep()]
+    if tensorboard_available():
+        callbacks.append(kg.PruningSummaries(log_dir=os.path.join(output_dir, "logs")))
+    else:
+        print("PruningSummaries skipped: TensorBoard is not installed "
+              "(pip install tensorboard).")
+    pruned.fit(train, epochs=FLAGS.epochs, validation_data=test, callbacks=callbacks)
 
     # 3. Strip the wrappers: a plain Keras model with the zeros baked in.
     final = kg.strip_pruning(pruned)
+    path = os.path.join(output_dir, "pruned.keras")
+    final.save(path)  # a plain Keras model: loads without keras_gap
     final.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
     _, accuracy = final.evaluate(test, verbose=0)
     print(kg.sparsity_report(final))
-    path = os.path.join(output_dir, "pruned.keras")
-    final.save(path)
     print(f"test accuracy {accuracy:.4f}; saved {path}")
     print(f"output folder: {output_dir}")
 

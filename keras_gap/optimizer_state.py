@@ -72,5 +72,5 @@ def reset_slots(optimizer, variable):
     """Zeroes every slot of ``variable``; returns how many were reset."""
     slots = slot_variables(optimizer, variable)
     for slot in slots:
-        slot.assign(ops.zeros_like(slot))
+        slot.assign(ops.zeros(tuple(slot.shape), slot.dtype))
     return len(slots)

@@ -267,8 +267,24 @@ class PruneLowMagnitude(keras.layers.Wrapper):
 
 
 def collect_wrappers(model):
-    """All `PruneLowMagnitude` layers in a model, nested models included."""
+    """All `PruneLowMagnitude` layers in a model, nested models included.
+
+    In definition order, depth first (Keras' ``_flatten_layers`` reverses the
+    order of sublayers inside nested models).
+    """
     if isinstance(model, PruneLowMagnitude):
         return [model]
-    return [l for l in model._flatten_layers(include_self=False, recursive=True)
-            if isinstance(l, PruneLowMagnitude)]
+    found, seen = [], set()
+
+    def walk(layer):
+        for sub in getattr(layer, "_layers", []):
+            if id(sub) in seen:
+                continue
+            seen.add(id(sub))
+            if isinstance(sub, PruneLowMagnitude):
+                found.append(sub)
+            else:
+                walk(sub)
+
+    walk(model)
+    return found

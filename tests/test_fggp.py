@@ -93,7 +93,7 @@ def test_exact_counts_and_monotone_masks_over_a_cubic_schedule():
 def test_global_scope_concentrates_pruning_layer_scope_does_not():
     rng = np.random.default_rng(1)
     small = t(rng.normal(0, 0.01, size=(20, 10)))  # tiny weights
-    large = t(rng.normal(0, 1.0, size=(20, 10)))
+    large = t(rng.uniform(1.0, 2.0, size=(20, 10)) * rng.choice([-1, 1], size=(20, 10)))
     g = [t(rng.normal(size=(20, 10))) for _ in range(2)]
     ones = [ops.ones((20, 10))] * 2
     crit = criteria.FGGP(rate=0.6)

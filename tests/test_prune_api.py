@@ -117,6 +117,7 @@ def test_subclassed_model_with_wrapped_layers_trains():
 
     x, y = blobs(n=64)
     net = Net()
+    net(x[:1])  # build (UpdatePruningStep asks for built wrappers)
     compile_model(net)
     net.fit(x, y, batch_size=32, verbose=0, callbacks=[kg.UpdatePruningStep()])
     assert net.d1.mask_counts()[0][1] == 64

@@ -248,7 +248,8 @@ def to_tflite(model, path, sparse=True, quantize=None, representative_dataset=No
             activations), "float16" (float16 weights) or "int8" (full integer
             kernels, float inputs/outputs; needs ``representative_dataset``).
         representative_dataset: calibration data for "int8": a numpy array
-            (or list/dict of arrays) of samples, a ``tf.data.Dataset``, or a
+            (or list/dict of arrays) of samples, a *batched*
+            ``tf.data.Dataset`` (of inputs or (inputs, labels)), or a
             generator function yielding lists of batch-1 arrays (the TFLite
             converter's contract). Also used for verification.
         verify: compare interpreter outputs with Keras and raise
