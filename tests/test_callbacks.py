@@ -44,6 +44,7 @@ def _read_scalars(log_dir):
 
 
 def test_pruning_summaries_writes_event_files(tmp_path):
+    pytest.importorskip("tensorboard", reason="PruningSummaries needs TensorBoard")
     log_dir = str(tmp_path / "logs")
     pruned, _ = _fit([kg.UpdatePruningStep(), kg.PruningSummaries(log_dir=log_dir)])
     files = glob.glob(os.path.join(log_dir, "**", "events.out.tfevents*"), recursive=True)
@@ -58,6 +59,7 @@ def test_pruning_summaries_writes_event_files(tmp_path):
 
 
 def test_pruning_summaries_update_freq_batches(tmp_path):
+    pytest.importorskip("tensorboard", reason="PruningSummaries needs TensorBoard")
     log_dir = str(tmp_path / "logs")
     _fit([kg.UpdatePruningStep(), kg.PruningSummaries(log_dir=log_dir, update_freq=2)],
          epochs=1)
