@@ -13,7 +13,7 @@ Example:
     >>> print(kg.sparsity_report(final))
 """
 
-from keras_gap import criteria, datasets, masks, registry
+from keras_gap import criteria, datasets, export, masks, registry
 from keras_gap.callbacks import PruningSummaries, UpdatePruningStep
 from keras_gap.gap import (GaPCallback, GaPPruningSchedule, gap_partitions,
                            gap_total_epochs, prune_gap)

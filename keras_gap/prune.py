@@ -66,7 +66,7 @@ def prune_low_magnitude(to_prune, pruning_schedule=None, block_size=(1, 1),
                         sparsity_m_by_n=None, *, prune_depthwise=False,
                         criterion="magnitude", unsupported_layers="error",
                         scope="layer", distribution="uniform", initial_mask="dense",
-                        initial_sparsity=None, seed=None, **kwargs):
+                        initial_sparsity=None, seed=None, target=None, **kwargs):
     """Wraps a layer, a list of layers or a model for magnitude pruning.
 
     tf-mot's function with the same name and arguments, for Keras 3 models on
@@ -103,6 +103,10 @@ def prune_low_magnitude(to_prune, pruning_schedule=None, block_size=(1, 1),
             ``initial_sparsity``, e.g. PolynomialDecay(0.5, 0.95, ...).
         initial_sparsity: overall sparsity of the random initial mask.
         seed: int seed of the random initial mask.
+        target: None, "tflite" or "tflite_int8": prune Dense kernels in the
+            blocks TFLite's sparse FULLY_CONNECTED kernel runs natively ((4, 1)
+            float, (16, 1) int8) and other layers unstructured (they only get
+            a smaller file). Overrides ``block_size`` per layer.
         **kwargs: extra arguments for `PruneLowMagnitude`.
 
     Returns:
@@ -130,8 +134,14 @@ def prune_low_magnitude(to_prune, pruning_schedule=None, block_size=(1, 1),
                   criterion=criterion, scope=scope, distribution=distribution,
                   **kwargs)
 
+    if target not in _TARGETS:
+        raise ValueError(f"`target` must be one of {sorted(_TARGETS, key=str)}; "
+                         f"received {target!r}.")
+
     def wrap(layer):
-        return PruneLowMagnitude(layer, **params)
+        if target is None:
+            return PruneLowMagnitude(layer, **params)
+        return PruneLowMagnitude(layer, **dict(params, block_size=_target_block(layer, target)))
 
     if isinstance(to_prune, (list, tuple)):
         _check_not_pruned(to_prune)
@@ -153,6 +163,18 @@ def prune_low_magnitude(to_prune, pruning_schedule=None, block_size=(1, 1),
         "`to_prune` must be a keras Layer, a list of layers, or a Sequential / "
         f"Functional keras Model; received {to_prune!r} of type "
         f"{type(to_prune).__name__}.")
+
+
+_TARGETS = {None: None, "tflite": 4, "tflite_int8": 16}
+
+
+def _target_block(layer, target):
+    """TFLite's native sparse block for a Dense kernel; (1, 1) elsewhere."""
+    rows = _TARGETS[target]
+    if isinstance(layer, keras.layers.Dense) and layer.built \
+            and int(layer.kernel.shape[0]) % rows == 0:
+        return (rows, 1)
+    return (1, 1)
 
 
 def has_prunable_weights(layer, prune_depthwise=False):

@@ -270,3 +270,19 @@ def test_to_onnx(two_four_pruned, tmp_path):
                if numpy_helper.to_array(i).shape in ((DIM, HIDDEN), (HIDDEN, CLASSES))]
     assert len(kernels) == 2
     assert export.check_n_by_m(kernels, axis=0).ok  # MatMul weights are [in, out]
+
+
+def test_target_tflite_picks_native_blocks(data, tmp_path):
+    """prune_low_magnitude(target="tflite"): (4,1) on Dense kernels, run natively."""
+    (x, y), (xt, _) = data
+    keras.utils.set_random_seed(1)
+    pruned = _train_pruned(_mlp(), x, y, epochs=1, target="tflite",
+                           pruning_schedule=kg.ConstantSparsity(0.9, 0, frequency=4))
+    assert [w.block_size for w in kg.wrapper.collect_wrappers(pruned)] == [(4, 1), (4, 1)]
+    path = str(tmp_path / "target.tflite")
+    export.to_tflite(pruned, path, sample_inputs=xt[:32])
+    info = export.inspect_tflite(path)
+    hidden = [t for t in info.tensors if t.shape == (HIDDEN, DIM)][0]
+    assert hidden.block == (1, 4) and hidden.native_sparse and not hidden.densified
+    with pytest.raises(ValueError, match="target"):
+        kg.prune_low_magnitude(_mlp(), target="tpu")
