@@ -9,13 +9,15 @@ HERE = pathlib.Path(__file__).parent
 EXTRAS = {
     "jax": ["jax>=0.4.30", "jaxlib>=0.4.30"],
     "torch": ["torch>=2.1"],
-    "tfmot": ["tensorflow-model-optimization>=0.8.0", "tf_keras>=2.16"],
+    "tfmot": ["tensorflow-model-optimization>=0.8.0", "tf_keras>=2.18,<2.22"],
     "plots": ["matplotlib>=3.7"],
     "litert": ["ai-edge-litert>=1.0"],
     "test": ["pytest>=7", "pytest-xdist>=3", "jax>=0.4.30", "jaxlib>=0.4.30",
-             "matplotlib>=3.7"],
+             "matplotlib>=3.7", "tensorflow-model-optimization>=0.8.0",
+             "tf_keras>=2.18,<2.22", "ai-edge-litert>=1.0"],
+    "onnx": ["tf2onnx>=1.17", "onnx"],
 }
-EXTRAS["all"] = sorted({d for k, v in EXTRAS.items() if k != "torch" for d in v})
+EXTRAS["all"] = sorted({d for k, v in EXTRAS.items() if k not in ("torch", "onnx") for d in v})
 
 setup(
     name="keras-gap",
@@ -30,7 +32,7 @@ setup(
     packages=find_packages(include=["keras_gap", "keras_gap.*"]),
     install_requires=[
         "keras>=3.8",
-        "tensorflow>=2.18",
+        "tensorflow>=2.18,<2.22",
         "tensorflow-datasets>=4.9",
         "importlib_resources",
         "absl-py>=1.0",
