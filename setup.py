@@ -34,6 +34,7 @@ setup(
         "keras>=3.8",
         "tensorflow>=2.18,<2.22",
         "tensorflow-datasets>=4.9",
+        "tensorboard",
         "importlib_resources",
         "absl-py>=1.0",
         "numpy>=1.26",

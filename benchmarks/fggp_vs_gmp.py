@@ -9,10 +9,12 @@ over several seeds. Results: benchmarks/results/fggp_vs_gmp.{json,md}.
 Model: MLP 784-300-100-10 (266,200 prunable kernel weights, every Dense kernel
 pruned). Data: the Debian `dataset-fashion-mnist` IDX files (or --data_dir).
 
-    python benchmarks/fggp_vs_gmp.py --quick      # seconds: a smoke run
-    python benchmarks/fggp_vs_gmp.py              # full run (~20-30 min, 2 cores)
+    python benchmarks/fggp_vs_gmp.py --quick      # smoke run (~3 min on a shared 2-core box)
+    python benchmarks/fggp_vs_gmp.py              # full run: 24 runs x 1880 steps
+                                                  # (est. 10-15 min idle 2 cores,
+                                                  #  ~30 min when heavily shared)
 
-KERAS_BACKEND defaults to jax here (fastest on CPU for this model).
+KERAS_BACKEND defaults to jax here; set it to run on another backend.
 """
 
 import os
@@ -40,9 +42,9 @@ flags.DEFINE_bool("quick", False, "Tiny smoke run (1 seed, 1 sparsity, 2 epochs)
 flags.DEFINE_string("data_dir", "/usr/share/datasets/fashion-mnist", "IDX .gz files.")
 flags.DEFINE_string("out_dir", os.path.join(os.path.dirname(__file__), "results"),
                     "Where fggp_vs_gmp.{json,md} go.")
-flags.DEFINE_integer("train_size", 20000, "Training images used (first N).")
+flags.DEFINE_integer("train_size", 15000, "Training images used (first N).")
 flags.DEFINE_integer("test_size", 10000, "Test images used (first N).")
-flags.DEFINE_integer("epochs", 10, "Epochs per run (same for every method).")
+flags.DEFINE_integer("epochs", 8, "Epochs per run (same for every method).")
 flags.DEFINE_integer("batch_size", 64, "Batch size.")
 flags.DEFINE_float("prune_fraction", 0.75, "Pruning ends at this fraction of training.")
 flags.DEFINE_integer("prune_events", 25, "Number of mask updates.")

