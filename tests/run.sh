@@ -9,7 +9,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 MARK="not slow"
 if [ "${1:-}" = "--slow" ]; then MARK=""; shift; fi
 
-bash tests/install_deps.sh
+bash tests/install_deps.sh --mnist  # MNIST for the ViT example test (skipped if absent)
 export TF_CPP_MIN_LOG_LEVEL=2
 WORKERS="${PYTEST_WORKERS:-2}"
 

