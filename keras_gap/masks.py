@@ -10,15 +10,20 @@ Rules that hold for every function here:
   (computed on the decimal value of ``s`` so that ``n=10, s=0.9`` keeps 1,
   not 0). Ties cannot keep extra weights: selection is by index (top-k), never
   by a threshold.
-* Selection does not sort the whole tensor: ``keras.ops.top_k`` is asked for
-  the smaller of the kept and the removed sets.
-* All math is ``keras.ops``: masks are computed on the active backend's device.
+* Selection does not sort: the k-th largest score is found with numpy's
+  introselect (O(n)) on the host. Mask updates run eagerly from callbacks,
+  every ``frequency`` steps, never inside the compiled training step, so the
+  host round trip is paid per update, not per step (measured in
+  benchmarks/overhead.py: ``keras.ops.top_k`` on the TF CPU backend was as slow
+  as a full sort for k ~ n/10).
+* Pooling, N:M grouping and scoring use ``keras.ops``.
 """
 
 import math
 from fractions import Fraction
 
 import keras
+import numpy as np
 from keras import ops
 
 AVG = "AVG"
@@ -114,6 +119,9 @@ def validate_pooling_type(block_pooling_type):
 def topk_mask(scores, num_keep):
     """Mask with ones at exactly ``num_keep`` highest-scoring positions.
 
+    Selection is O(n) (numpy's introselect finds the threshold value; no
+    sort); ties at the threshold are broken by index, so the count is exact.
+
     Args:
         scores: tensor of any shape; higher means more important.
         num_keep: int, how many positions to keep (clipped to [0, size]).
@@ -125,28 +133,19 @@ def topk_mask(scores, num_keep):
     Example:
         >>> topk_mask(keras.ops.array([3., 1., 2., 2.]), 2)  # -> [1, 0, 1, 0]
     """
-    shape = ops.shape(scores)
-    flat = ops.reshape(ops.cast(scores, "float32"), (-1,))
-    n = int(flat.shape[0])
+    values = np.asarray(ops.convert_to_numpy(scores), dtype=np.float32)
+    flat = values.reshape(-1)
+    if np.isnan(flat).any():  # a NaN score never wins a place
+        flat = np.where(np.isnan(flat), -np.inf, flat)
+    n = flat.size
     num_keep = max(0, min(int(num_keep), n))
-    if num_keep == n:
-        return ops.ones(shape, "float32")
-    if num_keep == 0:
-        return ops.zeros(shape, "float32")
-    # Ask top_k for the smaller of the two sets: O(n log k) with k <= n/2.
-    if num_keep <= n - num_keep:
-        _, idx = ops.top_k(flat, num_keep, sorted=False)
-        mask = _scatter_ones(idx, n)
-    else:
-        _, idx = ops.top_k(-flat, n - num_keep, sorted=False)
-        mask = 1.0 - _scatter_ones(idx, n)
-    return ops.reshape(mask, shape)
-
-
-def _scatter_ones(indices, n):
-    indices = ops.reshape(ops.cast(indices, "int32"), (-1, 1))
-    updates = ops.ones((int(indices.shape[0]),), "float32")
-    return ops.scatter(indices, updates, (n,))
+    if num_keep in (0, n):
+        return ops.convert_to_tensor(np.full(values.shape, float(num_keep == n), np.float32))
+    threshold = np.partition(flat, n - num_keep)[n - num_keep]
+    keep = flat > threshold
+    ties = np.flatnonzero(flat == threshold)[: num_keep - int(keep.sum())]
+    keep[ties] = True
+    return ops.convert_to_tensor(keep.reshape(values.shape).astype(np.float32))
 
 
 def _as_matrix(shape):
