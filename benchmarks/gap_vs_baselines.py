@@ -12,7 +12,6 @@ Run:
 
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -20,6 +19,8 @@ import time
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 from absl import app, flags  # noqa: E402
+
+from _machine import cpu_name  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("quick", False, "Tiny run for smoke testing.")
@@ -97,17 +98,6 @@ def run_one(method, sparsity, seed, data, epochs):
     return {"method": method, "target": sparsity, "seed": seed, "accuracy": float(acc),
             "sparsity_prunable": 1 - nz / total, "sparsity_all": report.sparsity,
             "train_seconds": seconds}
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def summarize(runs):

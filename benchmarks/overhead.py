@@ -27,17 +27,17 @@ Results go to benchmarks/results/overhead.{json,md}.
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 
 os.environ["KERAS_BACKEND"] = "tensorflow"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
+
+from _machine import machine_info  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("quick", False, "Small sizes and few repetitions (smoke run).")
@@ -274,25 +274,6 @@ def time_mask_update(side, reps=5):
             "topk_mask_ms": topk, "keras_ops_argsort_ms": argsort, "np_sort_ms": npsort,
             "speedup_vs_argsort": argsort / topk, "speedup_vs_np_sort": npsort / topk,
             "backend": keras.backend.backend()}
-
-
-def machine_info():
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        load = os.getloadavg()
-    except OSError:
-        load = None
-    return {"cpu_model": cpu, "logical_cores": os.cpu_count(),
-            "platform": platform.platform(), "python": platform.python_version(),
-            "load_average_at_start": load}
 
 
 def versions():

@@ -18,9 +18,7 @@ Writes benchmarks/results/tflite_latency.{json,md}.
 import datetime
 import json
 import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 
@@ -28,6 +26,8 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags  # noqa: E402
+
+from _machine import machine_info  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("quick", False, "90% only, few runs (a smoke test)")
@@ -134,27 +134,6 @@ def export_and_measure(model, name, quantize, calib, x1, x64, runs_b1, runs_b64,
           + (f"  b64 {row['batch64']['median_ms']:8.2f} ms" if x64 is not None else "")
           + f"  [{row['batch1']['resolver']}]", flush=True)
     return row
-
-
-def machine_info():
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    flags_line = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags_line = next((l for l in f if l.startswith("flags")), "")
-    except OSError:
-        pass
-    simd = [f for f in ("avx2", "avx512f", "avx512_vnni", "fma") if f" {f}" in flags_line]
-    return {"cpu": cpu, "logical_cores": os.cpu_count(), "simd": simd,
-            "platform": platform.platform(), "python": sys.version.split()[0]}
 
 
 def versions():

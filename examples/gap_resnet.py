@@ -25,6 +25,7 @@ Run:
     python examples/gap_resnet.py --limit 5000 --test_limit 2000 --rounds 1
 """
 
+import functools
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -83,23 +84,26 @@ def build_resnet20(num_classes=10, blocks_per_stage=3, filters=(16, 32, 64)):
         return L.Conv2D(f, kernel, strides=stride, padding="same", use_bias=False,
                         kernel_initializer="he_normal", name=name)(x)
 
+    # momentum 0.9 (PyTorch's default, as in the paper's ResNet code): the moving
+    # statistics follow the weights within tens of steps, also after each prune-back.
+    BN = functools.partial(L.BatchNormalization, momentum=0.9)
     inputs = keras.Input((32, 32, 3), name="image")
     x = conv(inputs, filters[0], 3, 1, "stem_conv")
-    x = L.BatchNormalization(name="stem_bn")(x)
+    x = BN(name="stem_bn")(x)
     x = L.ReLU(name="stem_relu")(x)
     for s, f in enumerate(filters, start=1):
         for b in range(1, blocks_per_stage + 1):
             stride = 2 if (s > 1 and b == 1) else 1
             name = f"stage{s}_block{b}"
             y = conv(x, f, 3, stride, f"{name}_conv1")
-            y = L.BatchNormalization(name=f"{name}_bn1")(y)
+            y = BN(name=f"{name}_bn1")(y)
             y = L.ReLU(name=f"{name}_relu1")(y)
             y = conv(y, f, 3, 1, f"{name}_conv2")
-            y = L.BatchNormalization(name=f"{name}_bn2")(y)
+            y = BN(name=f"{name}_bn2")(y)
             shortcut = x
             if stride != 1 or x.shape[-1] != f:
                 shortcut = conv(x, f, 1, stride, f"{name}_shortcut")
-                shortcut = L.BatchNormalization(name=f"{name}_shortcut_bn")(shortcut)
+                shortcut = BN(name=f"{name}_shortcut_bn")(shortcut)
             x = L.ReLU(name=f"{name}_out")(L.Add(name=f"{name}_add")([y, shortcut]))
     x = L.GlobalAveragePooling2D(name="pool")(x)
     outputs = L.Dense(num_classes, name="logits")(x)

@@ -3,7 +3,6 @@
 import glob
 import os
 
-import numpy as np
 import pytest
 import keras
 

@@ -1,6 +1,5 @@
 """GaPPruningSchedule and partitioning: the math, exactly."""
 
-import numpy as np
 import pytest
 
 import keras_gap as kg

@@ -1,6 +1,5 @@
 """strip_pruning and .keras save/load of pruned and stripped models."""
 
-import json
 import os
 import subprocess
 import sys

@@ -8,7 +8,6 @@ import sys
 
 import pytest
 
-import keras_gap as kg
 
 HERE = os.path.dirname(__file__)
 needs_tfmot = pytest.mark.skipif(

@@ -15,7 +15,6 @@ first step, so the masks of the other sparse partitions stay fixed.
 
 import numbers
 
-import keras
 from keras import ops
 
 from keras_gap.masks import validate_sparsity
