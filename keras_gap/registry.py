@@ -125,6 +125,6 @@ def unsupported_layer_error(layer):
         "keras-gap does not know which of them to prune. Either implement "
         "`get_prunable_weights()` on it (return the kernels to prune, or [] to "
         "keep it dense), or pass `unsupported_layers='keep_dense'` to "
-        "prune_low_magnitude to leave such layers dense. Supported layers: "
+        "prune_low_magnitude or prune_gap to leave such layers dense. Supported layers: "
         + ", ".join(sorted(c.__name__ for c in SUPPORTED_LAYERS)) + "."
     )

@@ -286,3 +286,24 @@ def test_gap_callback_tensorboard_and_epoch_logs(tmp_path):
     assert history.history["sparsity_p1"][0] == pytest.approx(TARGET, abs=0.01)
     events = [f for _, _, files in os.walk(tmp_path) for f in files if "tfevents" in f]
     assert events, "GaPCallback(log_dir=...) wrote no TensorBoard event file"
+
+
+class _Scale(keras.layers.Layer):
+    """A custom layer with a weight keras-gap does not know how to prune."""
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(shape=(input_shape[-1],), initializer="ones")
+
+    def call(self, x):
+        return x * self.scale
+
+
+def test_gap_unsupported_layers():
+    def model():
+        return keras.Sequential([keras.Input((8,)), keras.layers.Dense(8, name="a"),
+                                 _Scale(name="scale"), keras.layers.Dense(4, name="b"),
+                                 keras.layers.Dense(2, name="c")])
+    with pytest.raises(ValueError, match="'scale'.*unsupported_layers='keep_dense'"):
+        kg.prune_gap(model(), num_partitions=2)
+    pruned = kg.prune_gap(model(), num_partitions=2, unsupported_layers="keep_dense")
+    assert [w.layer.name for w in kg.wrapper.collect_wrappers(pruned)] == ["a", "b", "c"]

@@ -140,3 +140,19 @@ def test_save_mid_training_reload_and_continue_exactly(tmp_path):
         assert int(np_(w.pruning_step)) == 16
         n, kept = w.mask_counts()[0]
         assert kept == kg.masks.num_to_keep(n, 0.8), w.name
+
+
+def test_strip_returns_uncompiled_model_without_optimizer_state(tmp_path):
+    """Like tf-mot: the stripped model carries no optimizer (a smaller .keras file)."""
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16), keras.layers.Dense(2)])
+    pruned = kg.prune_low_magnitude(model, pruning_schedule=kg.ConstantSparsity(0.5, 0))
+    assert not pruned.compiled
+    pruned.compile("adam", "mse")
+    pruned.fit(np.zeros((8, 8)), np.zeros((8, 2)), verbose=0,
+               callbacks=[kg.UpdatePruningStep()])
+    final = kg.strip_pruning(pruned)
+    assert not final.compiled and pruned.compiled
+    path = os.path.join(tmp_path, "final.keras")
+    final.save(path)
+    with zipfile.ZipFile(path) as z:
+        assert "optimizer" not in z.read("model.weights.h5").decode("latin-1")

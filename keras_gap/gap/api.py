@@ -15,13 +15,15 @@ METHODS = ("cgap", "pgap")
 DISTRIBUTIONS = ("uniform", "erk", "er", "global")
 
 
-def prunable_layers(model, keep_dense=(), prune_depthwise=False):
+def prunable_layers(model, keep_dense=(), prune_depthwise=False, skip_unsupported=False):
     """Prunable leaf layers of ``model`` in forward order (nested models too).
 
     Args:
         model: a Sequential or Functional model.
         keep_dense: names of layers to leave dense.
         prune_depthwise: treat DepthwiseConv kernels as prunable.
+        skip_unsupported: leave unknown layers with weights out instead of
+            raising.
 
     Returns:
         List of (layer, number of prunable parameters).
@@ -29,9 +31,13 @@ def prunable_layers(model, keep_dense=(), prune_depthwise=False):
     out = []
     for layer in model.layers:
         if isinstance(layer, keras.Model):
-            out.extend(prunable_layers(layer, keep_dense, prune_depthwise))
-        elif (layer.name not in keep_dense and registry.is_supported(layer, prune_depthwise)
-              and has_prunable_weights(layer, prune_depthwise)):
+            out.extend(prunable_layers(layer, keep_dense, prune_depthwise, skip_unsupported))
+        elif layer.name in keep_dense:
+            continue
+        elif not registry.is_supported(layer, prune_depthwise):
+            if not skip_unsupported:
+                raise registry.unsupported_layer_error(layer)
+        elif has_prunable_weights(layer, prune_depthwise):
             size = sum(math.prod(w.shape)
                        for w in registry.get_prunable_weights(layer, prune_depthwise))
             out.append((layer, size))
@@ -65,7 +71,7 @@ def prune_gap(model, target_sparsity=0.9, num_partitions=4, epochs_per_step=None
               steps_per_step=None, rounds=1, finetune_epochs=0, finetune_steps=0,
               partitioning="balanced", distribution="uniform", keep_dense=None,
               method="cgap", criterion="magnitude", block_size=(1, 1),
-              block_pooling_type="AVG", seed=0):
+              block_pooling_type="AVG", seed=0, unsupported_layers="error"):
     """Wraps a model for scheduled grow-and-prune (GaP), in one call.
 
     The prunable layers are split into ``num_partitions`` partitions; each is
@@ -100,6 +106,8 @@ def prune_gap(model, target_sparsity=0.9, num_partitions=4, epochs_per_step=None
         block_size: block structure, as in `prune_low_magnitude`.
         block_pooling_type: "AVG" or "MAX".
         seed: seed of the random initial masks and of "random" partitioning.
+        unsupported_layers: "error" (default) or "keep_dense": leave layers
+            with weights keras-gap cannot prune dense instead of raising.
 
     Returns:
         The wrapped model (compile it, then fit with `GaPCallback`).
@@ -138,7 +146,11 @@ def prune_gap(model, target_sparsity=0.9, num_partitions=4, epochs_per_step=None
     if unknown:
         raise ValueError(f"`keep_dense` names layers that are not in the model: {unknown}.")
 
-    layers = prunable_layers(model, keep_dense)
+    if unsupported_layers not in ("error", "keep_dense"):
+        raise ValueError("`unsupported_layers` must be 'error' or 'keep_dense'; received "
+                         f"{unsupported_layers!r}.")
+    layers = prunable_layers(model, keep_dense,
+                             skip_unsupported=unsupported_layers == "keep_dense")
     if not layers:
         raise ValueError(f"Model {model.name!r} has no prunable layers left to partition "
                          f"(keep_dense={list(keep_dense)}).")
@@ -160,8 +172,8 @@ def prune_gap(model, target_sparsity=0.9, num_partitions=4, epochs_per_step=None
                                  block_size=block_size,
                                  block_pooling_type=block_pooling_type)
 
-    pruned = prune_model(model, wrap,
-                         pruning_policy=lambda l: l.name in part_of)
+    pruned = prune_model(model, wrap, pruning_policy=lambda l: l.name in part_of,
+                         unsupported_layers="keep_dense")
     return pruned
 
 
