@@ -7,7 +7,7 @@ at 90/95/98% final sparsity, from dense and from a 50% random ERK start,
 over several seeds. Results: benchmarks/results/fggp_vs_gmp.{json,md}.
 
 Model: MLP 784-300-100-10 (266,200 prunable kernel weights, every Dense kernel
-pruned). Data: the Debian `dataset-fashion-mnist` IDX files (or --data_dir).
+pruned). Data: Fashion-MNIST through keras_gap.datasets.
 
     python benchmarks/fggp_vs_gmp.py --quick      # smoke run (~3 min on a shared 2-core box)
     python benchmarks/fggp_vs_gmp.py              # full run: 24 runs x 1880 steps
@@ -23,13 +23,11 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import datetime  # noqa: E402
-import gzip  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
-import numpy as np  # noqa: E402
+from _machine import cpu_name  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import keras  # noqa: E402
@@ -39,7 +37,6 @@ from keras_gap.wrapper import collect_wrappers  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("quick", False, "Tiny smoke run (1 seed, 1 sparsity, 2 epochs).")
-flags.DEFINE_string("data_dir", "/usr/share/datasets/fashion-mnist", "IDX .gz files.")
 flags.DEFINE_string("out_dir", os.path.join(os.path.dirname(__file__), "results"),
                     "Where fggp_vs_gmp.{json,md} go.")
 flags.DEFINE_integer("train_size", 15000, "Training images used (first N).")
@@ -54,23 +51,12 @@ flags.DEFINE_list("starts", ["dense", "erk50"], "Starts: dense, erk50.")
 flags.DEFINE_list("methods", ["gmp", "fggp"], "Methods: gmp, fggp.")
 
 
-def read_idx(path):
-    """IDX (optionally gzipped) -> numpy array."""
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-def load(data_dir, train_size, test_size):
-    def part(name):
-        x = read_idx(os.path.join(data_dir, f"{name}-images-idx3-ubyte.gz"))
-        y = read_idx(os.path.join(data_dir, f"{name}-labels-idx1-ubyte.gz"))
+def load(train_size, test_size):
+    """Fashion-MNIST through keras_gap.datasets, flattened to [N, 784] in [0, 1]."""
+    def part(split, limit):
+        x, y = kg.datasets.load_numpy("fashion_mnist", split, limit=limit)
         return x.reshape(len(x), -1).astype("float32") / 255.0, y.astype("int32")
-    (x, y), (xt, yt) = part("train"), part("t10k")
-    return (x[:train_size], y[:train_size]), (xt[:test_size], yt[:test_size])
+    return part("train", train_size), part("test", test_size)
 
 
 def build_model():
@@ -144,12 +130,11 @@ def main(argv):
     if FLAGS.quick:
         FLAGS.train_size, FLAGS.test_size, FLAGS.epochs = 2000, 1000, 2
         FLAGS.sparsities, FLAGS.seeds, FLAGS.prune_events = ["0.9"], ["0"], 8
-    data = load(FLAGS.data_dir, FLAGS.train_size, FLAGS.test_size)
+    data = load(FLAGS.train_size, FLAGS.test_size)
     steps_per_epoch = -(-FLAGS.train_size // FLAGS.batch_size)
     config = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()} {platform.processor() or ''} "
-                   f"{os.cpu_count()} cpus".strip(),
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores",
         "backend": keras.backend.backend(), "keras": keras.__version__,
         "quick": FLAGS.quick, "model": "MLP 784-300-100-10 (all 3 kernels pruned)",
         "train_size": FLAGS.train_size, "test_size": FLAGS.test_size,
