@@ -119,9 +119,19 @@ class GaPCallback(UpdatePruningStep):
                 "use epochs=keras_gap.gap_total_epochs(model).")
 
     # Boundaries -------------------------------------------------------------------
+    # The per-batch logs name the grown partition from the step counter, so
+    # batch ends must run in order with batch begins.
+    async_safe = False
+
     def on_train_batch_begin(self, batch, logs=None):
+        try:
+            self._boundary(self.step)
+        finally:
+            self._advance()
+
+    def _boundary(self, step):
+        """GaP's work at training step ``step`` (nothing between boundaries)."""
         s = self.schedule
-        step = self.step
         if step < s.begin_step or (step - s.begin_step) % s.steps_per_step:
             return
         j = (step - s.begin_step) // s.steps_per_step
