@@ -32,18 +32,44 @@ _STASH = "_keras_gap_train_function"
 
 
 def _stash_train_function(model, reusable=True):
-    """Hides the compiled training step until the next UpdatePruningStep.
+    """Puts a guard in place of the compiled training step until the next
+    UpdatePruningStep.
 
-    A later ``fit`` without the callback then traces a new step, and the
-    wrappers raise the missing-callback error. ``fit`` with the callback gets
-    the stashed step back in ``on_train_begin`` (before the new one is
-    traced), so repeated fits do not retrace; a recompile invalidates it.
+    A later ``fit`` (or ``train_on_batch``) without the callback calls the
+    guard, which raises the missing-callback error (Keras reuses an existing
+    ``train_function``, and JAX would reuse its cached trace, so the wrappers'
+    trace-time check alone cannot catch it). ``fit`` with the callback gets
+    the real step back in ``on_train_begin``, so repeated fits do not retrace;
+    a recompile invalidates it.
     """
     stash = None
-    if reusable and model.train_function is not None:
+    if reusable and model.train_function is not None \
+            and not getattr(model.train_function, "_keras_gap_guard", False):
         stash = (model.train_function, model.optimizer, getattr(model, "_compile_loss", None))
     object.__setattr__(model, _STASH, stash)  # not tracked as model state
-    model.train_function = None
+
+    def missing_callback_guard(*args, **kwargs):
+        if keras.backend.backend() == "jax" and args:
+            # The JAX trainer detached the variables' values before this step;
+            # put them back so the model survives the error.
+            _restore_jax_state(model, args[0])
+        from keras_gap.wrapper import _MISSING_CALLBACK
+        raise RuntimeError(_MISSING_CALLBACK.format(name=model.name))
+
+    missing_callback_guard._keras_gap_guard = True
+    model.train_function = missing_callback_guard
+
+
+def _restore_jax_state(model, state):
+    """Re-attaches the values of the JAX trainer's state to the variables."""
+    groups = [model.trainable_variables, model.non_trainable_variables,
+              model.optimizer.variables if model.optimizer is not None else [],
+              model.metrics_variables]
+    if not isinstance(state, (tuple, list)) or len(state) != len(groups):
+        return
+    for variables, values in zip(groups, state):
+        for v, value in zip(variables, values):
+            v.assign(value)
 
 
 def _restore_train_function(model):
@@ -51,6 +77,9 @@ def _restore_train_function(model):
     object.__setattr__(model, _STASH, None)
     if stash and stash[1] is model.optimizer and stash[2] is getattr(model, "_compile_loss", None):
         model.train_function = stash[0]
+    elif getattr(model.train_function, "_keras_gap_guard", False):
+        model.train_function = None
+        model.make_train_function()
 
 
 class UpdatePruningStep(keras.callbacks.Callback):
