@@ -307,3 +307,31 @@ def test_gap_unsupported_layers():
         kg.prune_gap(model(), num_partitions=2)
     pruned = kg.prune_gap(model(), num_partitions=2, unsupported_layers="keep_dense")
     assert [w.layer.name for w in kg.wrapper.collect_wrappers(pruned)] == ["a", "b", "c"]
+
+
+def test_pgap_resume_mid_round_warns_and_completes(tmp_path):
+    x, y = _data(128)
+    keras.utils.set_random_seed(7)
+    pruned = _compile(kg.prune_gap(_model(), target_sparsity=TARGET, num_partitions=2,
+                                   epochs_per_step=1, rounds=1, finetune_epochs=1,
+                                   method="pgap"))
+    pruned.fit(x, y, batch_size=64, epochs=1, verbose=0, callbacks=[kg.GaPCallback(verbose=0)])
+    path = str(tmp_path / "mid_round.keras")
+    pruned.save(path)
+    resumed = keras.models.load_model(path)
+    with pytest.warns(UserWarning, match="middle of a round"):
+        resumed.fit(x, y, batch_size=64, epochs=3, initial_epoch=1, verbose=0,
+                    callbacks=[kg.GaPCallback(verbose=0)])
+    for row in kg.sparsity_report(resumed).rows:
+        assert row.nonzero == num_to_keep(row.params, TARGET)
+
+
+def test_merge_copies_unit():
+    from keras_gap.gap.pgap import merge_copies
+    a = [np.array([1.0]), np.array([2.0]), np.array([10.0]), np.array([3], "int32")]
+    b = [np.array([5.0]), np.array([6.0]), np.array([20.0]), np.array([4], "int32")]
+    merged = merge_copies({0: a, 1: b}, {0: {0}, 1: {1}})
+    assert [float(m[0]) for m in merged] == [1.0, 6.0, 15.0, 3.0]
+    with pytest.raises(ValueError, match="one copy per partition"):
+        merge_copies({0: a}, {0: {0}, 1: {1}})
+    assert float(merge_copies({0: a}, {0: {0}, 1: {1}}, base=b)[1][0]) == 6.0

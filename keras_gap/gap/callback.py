@@ -92,7 +92,7 @@ class GaPCallback(UpdatePruningStep):
                 warnings.warn(
                     "P-GaP resumed in the middle of a round: the copies trained "
                     "before the interruption are not in the checkpoint, so this "
-                    "round continues from the current model as its snapshot.")
+                    "round's merge takes their partitions from the resumed model.")
                 self._pgap_snapshot = pgap.snapshot(self.model, self.wrappers)
 
     def _setup_groups(self, model):
@@ -194,7 +194,8 @@ class GaPCallback(UpdatePruningStep):
         else:      # round complete: merge the K copies, prune everything back
             merged = pgap.merge_copies(
                 self._pgap_copies,
-                pgap.partition_indices(self.model, self.wrappers, self.partitions))
+                pgap.partition_indices(self.model, self.wrappers, self.partitions),
+                base=self._pgap_snapshot)
             pgap.restore(self.model, self.wrappers, merged)
             self._prune_back(self.wrappers)
             self._pgap_copies = {}

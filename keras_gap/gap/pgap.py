@@ -45,12 +45,14 @@ def partition_indices(model, wrappers, partitions):
             for p, ws in partitions.items()}
 
 
-def merge_copies(copies, owned):
+def merge_copies(copies, owned, base=None):
     """Merges P-GaP copies: partition p's variables from copy p, the rest averaged.
 
     Args:
         copies: {partition p: snapshot of copy p (trained with p grown)}.
         owned: {partition p: set of snapshot indices belonging to p}.
+        base: optional snapshot for partitions that have no copy (a run resumed
+            in the middle of a round); without it every partition needs a copy.
 
     Returns:
         The merged snapshot (list of numpy arrays).
@@ -58,15 +60,21 @@ def merge_copies(copies, owned):
     Example:
         >>> merged = merge_copies({0: snap0, 1: snap1}, {0: {0, 1}, 1: {2, 3}})
     """
-    if set(copies) != set(owned):
+    if not copies:
+        raise ValueError("P-GaP merge needs at least one trained copy.")
+    missing = sorted(set(owned) - set(copies))
+    if missing and base is None:
         raise ValueError(f"P-GaP merge needs one copy per partition {sorted(owned)}; "
                          f"got copies for {sorted(copies)}.")
+    sources = dict(copies)
+    for p in missing:
+        sources[p] = base
     owner = {i: p for p, idx in owned.items() for i in idx}
     first = next(iter(copies.values()))
     merged = []
     for i in range(len(first)):
         if i in owner:
-            merged.append(copies[owner[i]][i])
+            merged.append(sources[owner[i]][i])
         elif np.issubdtype(first[i].dtype, np.floating):
             merged.append(np.mean([c[i] for c in copies.values()], axis=0).astype(first[i].dtype))
         else:
