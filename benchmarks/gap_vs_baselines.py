@@ -32,6 +32,7 @@ flags.DEFINE_bool("dense", True, "Also train the dense baseline.")
 flags.DEFINE_integer("seeds", 3, "Seeds per configuration.")
 flags.DEFINE_integer("partitions", 3, "GaP partitions.")
 flags.DEFINE_integer("rounds", 2, "GaP rounds.")
+flags.DEFINE_string("distribution", "uniform", "GaP sparsity distribution (uniform, erk, global).")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_string("output_dir", os.path.join(os.path.dirname(__file__), "results"),
                     "Where results are written.")
@@ -71,7 +72,8 @@ def prepare(method, sparsity, steps_per_epoch, epochs, seed):
     k, rounds = FLAGS.partitions, FLAGS.rounds
     pruned = kg.prune_gap(model, target_sparsity=sparsity, num_partitions=k,
                           steps_per_step=max(1, prune_steps // (k * rounds)), rounds=rounds,
-                          keep_dense=KEEP_DENSE, method=method, seed=seed)
+                          keep_dense=KEEP_DENSE, method=method, seed=seed,
+                          distribution=FLAGS.distribution)
     return pruned, [kg.GaPCallback(verbose=0)]
 
 
@@ -188,7 +190,7 @@ def main(argv):
                        f"keras {keras.__version__} ({keras.backend.backend()})",
             "train_size": FLAGS.train_size, "epochs": FLAGS.epochs,
             "batch_size": FLAGS.batch_size, "partitions": FLAGS.partitions,
-            "rounds": FLAGS.rounds, "seeds": FLAGS.seeds,
+            "rounds": FLAGS.rounds, "seeds": FLAGS.seeds, "distribution": FLAGS.distribution,
             "wall_seconds": time.time() - t0}
     summary = summarize(runs)
     stem = write_results(runs, summary, meta)
