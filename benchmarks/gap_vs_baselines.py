@@ -33,6 +33,8 @@ flags.DEFINE_integer("seeds", 3, "Seeds per configuration.")
 flags.DEFINE_integer("partitions", 3, "GaP partitions.")
 flags.DEFINE_integer("rounds", 2, "GaP rounds.")
 flags.DEFINE_string("distribution", "uniform", "GaP sparsity distribution (uniform, erk, global).")
+flags.DEFINE_enum("reset_optimizer", "regrown", ["regrown", "all", "none"],
+                  "GaPCallback's optimizer reset at each boundary.")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_string("output_dir", os.path.join(os.path.dirname(__file__), "results"),
                     "Where results are written.")
@@ -74,7 +76,7 @@ def prepare(method, sparsity, steps_per_epoch, epochs, seed):
                           steps_per_step=max(1, prune_steps // (k * rounds)), rounds=rounds,
                           keep_dense=KEEP_DENSE, method=method, seed=seed,
                           distribution=FLAGS.distribution)
-    return pruned, [kg.GaPCallback(verbose=0)]
+    return pruned, [kg.GaPCallback(reset_optimizer=FLAGS.reset_optimizer, verbose=0)]
 
 
 def run_one(method, sparsity, seed, data, epochs):
@@ -191,6 +193,7 @@ def main(argv):
             "train_size": FLAGS.train_size, "epochs": FLAGS.epochs,
             "batch_size": FLAGS.batch_size, "partitions": FLAGS.partitions,
             "rounds": FLAGS.rounds, "seeds": FLAGS.seeds, "distribution": FLAGS.distribution,
+            "reset_optimizer": FLAGS.reset_optimizer,
             "wall_seconds": time.time() - t0}
     summary = summarize(runs)
     stem = write_results(runs, summary, meta)
