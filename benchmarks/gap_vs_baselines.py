@@ -33,7 +33,7 @@ flags.DEFINE_integer("seeds", 3, "Seeds per configuration.")
 flags.DEFINE_integer("partitions", 3, "GaP partitions.")
 flags.DEFINE_integer("rounds", 2, "GaP rounds.")
 flags.DEFINE_string("distribution", "uniform", "GaP sparsity distribution (uniform, erk, global).")
-flags.DEFINE_enum("reset_optimizer", "regrown", ["regrown", "all", "none"],
+flags.DEFINE_enum("reset_optimizer", "all", ["regrown", "all", "none"],
                   "GaPCallback's optimizer reset at each boundary.")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_string("output_dir", os.path.join(os.path.dirname(__file__), "results"),
@@ -131,7 +131,8 @@ def write_results(runs, summary, meta):
              f"(conv16-conv32-pool-conv64-pool-fc128-fc10); conv1 and the classifier stay "
              f"dense; sparsity is over the other layers. GaP: {meta['partitions']} "
              f"partitions, {meta['rounds']} rounds over 3/4 of the budget, then "
-             f"fine-tuning. GMP: PolynomialDecay (cubic) to the target over 3/4 of the "
+             f"fine-tuning, reset_optimizer={meta['reset_optimizer']!r}. "
+             f"GMP: PolynomialDecay (cubic) to the target over 3/4 of the "
              f"budget. Seeds: {meta['seeds']}.", "",
              "| method | target sparsity | test accuracy (mean ± std) | vs dense |",
              "|---|---|---|---|"]

@@ -34,10 +34,12 @@ class GaPCallback(UpdatePruningStep):
     `UpdatePruningStep`).
 
     Args:
-        reset_optimizer: optimizer state at a boundary: "regrown" (default)
-            zeroes the slots of regrown weights, "all" zeroes every slot of
-            every weight (the paper restarts the optimizer at every step), "none"
-            keeps them. Slots of removed weights are always zeroed.
+        reset_optimizer: optimizer state at a boundary: "all" (default, as in
+            the paper's runs, which restart the optimizer at every GaP step)
+            zeroes every slot of every weight; "regrown" zeroes only the slots
+            of regrown weights; "none" keeps them. Slots of removed weights are
+            always zeroed. Measured (benchmarks/gap_vs_baselines.py, 90%, 8
+            epochs, 3 seeds): "all" 0.876 vs "regrown" 0.861 test accuracy.
         log_dir: optional TensorBoard directory (per-weight and per-partition
             sparsity, grown partition).
         verbose: 1 prints a line at every boundary; 0 is silent.
@@ -51,7 +53,7 @@ class GaPCallback(UpdatePruningStep):
         ...            callbacks=[kg.GaPCallback(log_dir="logs")])
     """
 
-    def __init__(self, reset_optimizer="regrown", log_dir=None, verbose=1):
+    def __init__(self, reset_optimizer="all", log_dir=None, verbose=1):
         super().__init__()
         if reset_optimizer not in RESET_MODES:
             raise ValueError(f"`reset_optimizer` must be one of {RESET_MODES}; "
