@@ -15,6 +15,9 @@ RESULTS = os.path.join(HERE, "results")
 BENCHMARKS = [
     ("gap_vs_baselines", "GaP vs dense and gradual magnitude pruning (accuracy)",
      "python benchmarks/gap_vs_baselines.py"),
+    ("gap_16_epochs/gap_vs_baselines", "GaP vs GMP with a 16-epoch budget (90%)",
+     "python benchmarks/gap_vs_baselines.py --epochs 16 --sparsities 0.9 --seeds 2 "
+     "--methods gmp,cgap --output_dir benchmarks/results/gap_16_epochs"),
     ("fggp_vs_gmp", "FGGP vs gradual magnitude pruning (accuracy)",
      "python benchmarks/fggp_vs_gmp.py"),
     ("overhead", "Training-step overhead of the pruning wrapper, mask-update cost",
@@ -52,7 +55,7 @@ def collect():
         parts += [_demote_headings(body).strip(), ""]
         png = os.path.join(RESULTS, stem + ".png")
         if os.path.exists(png):
-            parts += [f"![{stem}](results/{stem}.png)", ""]
+            parts += [f"![{os.path.basename(stem)}](results/{stem}.png)", ""]
     return "\n".join(parts)
 
 
