@@ -314,12 +314,27 @@ def global_topk_masks(scores_list, sparsity):
         raise ValueError("`scores_list` must hold at least one score tensor; "
                          "received an empty list.")
     validate_sparsity(sparsity)
+    total = sum(int(math.prod(ops.shape(s))) for s in scores_list)
+    return joint_topk_masks(scores_list, num_to_keep(total, sparsity))
+
+
+def joint_topk_masks(scores_list, num_keep):
+    """Keeps exactly ``num_keep`` highest scores ranked jointly across tensors.
+
+    Args:
+        scores_list: non-empty list of score tensors (any shapes).
+        num_keep: int, total number of ones over all masks.
+
+    Returns:
+        List of float32 masks shaped like the entries of ``scores_list``.
+
+    Example:
+        >>> m1, m2 = joint_topk_masks([ops.abs(k1), ops.abs(k2)], 1000)
+    """
     shapes = [tuple(int(d) for d in ops.shape(s)) for s in scores_list]
-    sizes = [int(math.prod(shape)) for shape in shapes]
     flat = ops.concatenate(
         [ops.reshape(ops.cast(s, "float32"), (-1,)) for s in scores_list], axis=0)
-    keep = topk_mask(flat, num_to_keep(sum(sizes), sparsity))
-    return split_flat(keep, shapes)
+    return split_flat(topk_mask(flat, num_keep), shapes)
 
 
 def split_flat(flat, shapes):

@@ -17,7 +17,6 @@ distributed worker pool can reuse.
 import math
 import warnings
 
-import numpy as np
 from keras import ops
 
 from keras_gap import masks as mask_lib
@@ -229,17 +228,9 @@ class GaPCallback(UpdatePruningStep):
                       for _, nz in w.mask_counts())
         scores = [w.criterion.scores(v, m) for w in wrappers
                   for v, m in zip(w.pruned_weights, w.masks)]
-        sizes = [int(np.prod(s.shape)) for s in scores]
-        flat = ops.concatenate([ops.reshape(s, (-1,)) for s in scores])
-        keep = mask_lib.topk_mask(flat, max(budget, 0))
-        pieces = ops.split(keep, np.cumsum(sizes)[:-1].tolist()) if len(sizes) > 1 else [keep]
-        i = 0
+        new = iter(mask_lib.joint_topk_masks(scores, max(budget, 0)))
         for w in wrappers:
-            new = []
-            for v in w.pruned_weights:
-                new.append(ops.reshape(pieces[i], tuple(v.shape)))
-                i += 1
-            w.set_masks(new)
+            w.set_masks([next(new) for _ in w.pruned_weights])
 
     def _grow(self, wrappers):
         for w in wrappers:
