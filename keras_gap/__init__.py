@@ -13,7 +13,11 @@ Example:
     >>> print(kg.sparsity_report(final))
 """
 
-from keras_gap import (criteria, datasets, distributions, export, gradients, masks,
+from keras_gap import console  # first: stdlib only, imported before Keras/TensorFlow
+
+console._from_environment()  # opt-in (KERAS_GAP_QUIET=1) only; see keras_gap/console.py
+
+from keras_gap import (criteria, datasets, distributions, export, gradients, masks,  # noqa: E402
                        registry)
 from keras_gap.callbacks import PruningSummaries, UpdatePruningStep
 from keras_gap.gap import (GaPCallback, GaPPruningSchedule, gap_partitions,
