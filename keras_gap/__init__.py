@@ -18,21 +18,23 @@ from keras_gap import console  # first: stdlib only, imported before Keras/Tenso
 console._from_environment()  # opt-in (KERAS_GAP_QUIET=1) only; see keras_gap/console.py
 
 from keras_gap import (criteria, datasets, distributions, export, gradients, masks,  # noqa: E402
-                       registry)
+                       registry, structured)
 from keras_gap.callbacks import PruningSummaries, UpdatePruningStep
 from keras_gap.gap import (GaPCallback, GaPPruningSchedule, gap_partitions,
                            gap_total_epochs, prune_gap)
 from keras_gap.prune import prune_low_magnitude, strip_pruning
 from keras_gap.report import SparsityReport, sparsity_report
 from keras_gap.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
+from keras_gap.structured import FlopsReport, TrainingCost, channel_groups, flops_report
 from keras_gap.wrapper import PruneLowMagnitude
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ConstantSparsity", "GaPCallback", "GaPPruningSchedule", "PolynomialDecay",
+    "ConstantSparsity", "FlopsReport", "GaPCallback", "GaPPruningSchedule", "PolynomialDecay",
     "PruneLowMagnitude", "PruningSchedule", "PruningSummaries", "SparsityReport",
-    "UpdatePruningStep", "criteria", "datasets", "distributions", "export", "gap_partitions",
+    "TrainingCost", "UpdatePruningStep", "channel_groups", "criteria", "datasets", "distributions", "export",
+    "flops_report", "gap_partitions",
     "gap_total_epochs", "gradients", "masks", "prune_gap", "prune_low_magnitude", "registry",
-    "sparsity_report", "strip_pruning",
+    "sparsity_report", "strip_pruning", "structured",
 ]

@@ -87,6 +87,9 @@ class UpdatePruningStep(keras.callbacks.Callback):
 
     Masks are updated eagerly at the start of a batch whose step the layer's
     schedule selects; the compiled training step itself only applies them.
+    Steps are numbered as in tf-mot: the first training batch is step 1, so
+    ``ConstantSparsity(0.5, begin_step=0, frequency=100)`` first prunes at the
+    100th batch (``wrapper.pruning_step`` holds the number of batches run).
     Adds ``sparsity`` (overall fraction of masked-out prunable weights) to the
     batch and epoch logs.
 
@@ -127,6 +130,7 @@ class UpdatePruningStep(keras.callbacks.Callback):
         self._steps_per_execution = int(getattr(model, "steps_per_execution", 1) or 1)
         self.sparsity = overall_sparsity(self.wrappers)
         self._setup_groups(model)
+        self._channel_plan = pruning_groups.channel_plan(model, self.wrappers)
 
     def _setup_groups(self, model):
         """Global scope / distributions / gradient criteria (FGGP)."""
@@ -153,9 +157,12 @@ class UpdatePruningStep(keras.callbacks.Callback):
     async_safe = True
 
     def on_train_batch_begin(self, batch, logs=None):
+        # tf-mot's numbering: the batch about to run is step ``self.step + 1``
+        # (the first training batch is step 1; ``pruning_step`` counts the
+        # batches already run).
         due = []
         for w in self.wrappers:
-            should_prune, sparsity = w.pruning_schedule(self.step)
+            should_prune, sparsity = w.pruning_schedule(self.step + 1)
             if should_prune:
                 due.append((w, sparsity))
         if due:
@@ -178,7 +185,20 @@ class UpdatePruningStep(keras.callbacks.Callback):
         model = self.model  # JAX: sync the trainer's state into the variables.
         groups = getattr(self, "_groups", None) or {}
         done_groups = set()
+        plan = getattr(self, "_channel_plan", None)
+        if plan is not None:  # structure="channel": coupled channels move together
+            channel_due = [(w, s) for w, s in due if getattr(w, "structure", None) == "channel"]
+            sparsity_of = {}
+            for wrapper, sparsity in channel_due:
+                for g in plan.groups_for([wrapper]):
+                    sparsity_of.setdefault(g, sparsity)
+            plan.update(sorted(sparsity_of), sparsity_of, self._gradient_of)
+            due_ids = {id(w) for w, _ in channel_due}
+            due = [(w, s) for w, s in due if id(w) not in due_ids] + [
+                (w, 0.0) for g in sparsity_of for w in plan.members[g]]
         for wrapper, sparsity in due:
+            if getattr(wrapper, "structure", None) == "channel":
+                continue
             key = pruning_groups.group_key(wrapper)
             if pruning_groups.is_grouped(wrapper) and key in groups:
                 if key not in done_groups:

@@ -125,6 +125,40 @@ class Criterion:
             scores.append(self.scores(weight, mask, **extra))
         return mask_lib.global_topk_masks(scores, sparsity)
 
+    def channel_weight_scores(self, weight, mask, **kwargs):
+        """Per-weight scores that `select_channels` sums per channel."""
+        return self.scores(weight, mask, **kwargs)
+
+    def select_channels(self, weights, masks, gradients, class_maps, axes, sparsity,
+                        size=None):
+        """Keep vector over one channel group (``structure="channel"``).
+
+        The criterion's scores of every weight are summed per output channel
+        (L1 norm per filter for "magnitude") and pooled over the group's
+        members; exactly ``max(1, num_to_keep(size, sparsity))`` channels stay.
+
+        Args:
+            weights: the group members' scored weights (kernels).
+            masks: their current masks.
+            gradients: list of gradients or Nones (for FGGP).
+            class_maps: per weight, the group position of each output channel
+                (-1: not in this group).
+            axes: per weight, its channel axis (see `keras_gap.masks.channel_scores`).
+            sparsity: float in [0, 1), fraction of the group's channels removed.
+            size: number of channels of the group (default: from the maps).
+
+        Returns:
+            float32 keep vector of length ``size``.
+
+        Example:
+            >>> kg.criteria.Magnitude().select_channels([k], [m], [None], [np.arange(8)], [-1], 0.5)
+        """
+        size = _group_size(class_maps, size)
+        vectors = [mask_lib.channel_scores(self.channel_weight_scores(w, m), a)
+                   for w, m, a in zip(weights, masks, axes)]
+        return mask_lib.channel_mask(mask_lib.pool_channel_scores(vectors, class_maps, size),
+                                     sparsity)
+
     def get_config(self):
         return {}
 
@@ -134,6 +168,12 @@ class Criterion:
 
     def __repr__(self):
         return f"{type(self).__name__}()"
+
+
+def _group_size(class_maps, size):
+    if size is not None:
+        return int(size)
+    return max((int(max(m.max(), -1)) for m in class_maps if len(m)), default=-1) + 1
 
 
 @register("magnitude")
@@ -303,6 +343,31 @@ class FGGP(Criterion):
     def compute_global_masks(self, weights, masks, sparsity, gradients=None,
                              **kwargs):
         return fggp_masks(weights, masks, gradients, sparsity, self.rate)
+
+    def channel_weight_scores(self, weight, mask, **kwargs):
+        return ops.abs(ops.convert_to_tensor(weight))
+
+    def select_channels(self, weights, masks, gradients, class_maps, axes, sparsity,
+                        size=None):
+        """FGGP over whole channels: the rule of `fggp_masks` applied to the
+        group's channels, with |w| and |gradient| summed per channel."""
+        import numpy as np
+        size = _group_size(class_maps, size)
+        pool = mask_lib.pool_channel_scores
+        magnitude = pool([mask_lib.channel_scores(ops.abs(w), a)
+                          for w, a in zip(weights, axes)], class_maps, size)
+        active = pool([mask_lib.channel_scores(m, a) for m, a in zip(masks, axes)],
+                      class_maps, size) > 0
+        grads = None
+        if not any(g is None for g in gradients):
+            grads = [pool([mask_lib.channel_scores(ops.abs(g), a)
+                           for g, a in zip(gradients, axes)], class_maps, size)]
+        sparsity = mask_lib.validate_sparsity(sparsity)
+        if mask_lib.num_to_keep(size, sparsity) < 1:  # keep at least one channel
+            sparsity = 1.0 - 1.0 / size
+        keep = fggp_masks([magnitude], [active.astype(np.float32)], grads, sparsity,
+                          self.rate)[0]
+        return ops.convert_to_numpy(keep)
 
     def get_config(self):
         return {"rate": self.rate, "gradient_batches": self.gradient_batches}

@@ -353,3 +353,110 @@ def split_flat(flat, shapes):
         out.append(ops.reshape(flat[start:start + size], shape))
         start += size
     return out
+
+
+# Channel structure -------------------------------------------------------------
+def _channel_axes(shape, axis):
+    rank = len(shape)
+    axes = axis if isinstance(axis, (tuple, list)) else (axis,)
+    axes = tuple(sorted(a % rank for a in axes))
+    if axes != tuple(range(axes[0], axes[0] + len(axes))):
+        raise ValueError(f"Channel axes {axis} of a weight of shape {tuple(shape)} must "
+                         "be consecutive.")
+    return axes
+
+
+def channel_scores(scores, axis=-1):
+    """Sums a score tensor over every axis but the channel axis.
+
+    With ``scores = |w|`` this is the L1 norm of each output channel (a Conv
+    filter, a Dense unit). ``axis`` may be a tuple of consecutive axes whose
+    row-major flattening is the channel index (a DepthwiseConv kernel
+    [kh, kw, cin, m] has output channel ``c * m + j`` on axes (-2, -1)).
+
+    Args:
+        scores: tensor shaped like the weight.
+        axis: int or tuple of consecutive ints.
+
+    Returns:
+        float32 numpy vector, one score per channel.
+
+    Example:
+        >>> channel_scores(keras.ops.abs(conv.kernel))  # L1 per filter
+    """
+    values = np.asarray(ops.convert_to_numpy(scores), dtype=np.float32)
+    axes = _channel_axes(values.shape, axis)
+    moved = np.moveaxis(values, axes, tuple(range(values.ndim - len(axes), values.ndim)))
+    channels = int(math.prod(values.shape[a] for a in axes))
+    return moved.reshape(-1, channels).sum(axis=0)
+
+
+def channel_mask(scores, sparsity):
+    """Keep vector over channels: exact count, at least one channel kept.
+
+    Args:
+        scores: vector of per-channel scores (higher = keep).
+        sparsity: float in [0, 1), fraction of channels to remove.
+
+    Returns:
+        float32 tensor of 0/1, ``max(1, num_to_keep(n, sparsity))`` ones.
+
+    Example:
+        >>> channel_mask(channel_scores(ops.abs(kernel)), 0.5)
+    """
+    sparsity = validate_sparsity(sparsity)
+    n = int(np.asarray(ops.convert_to_numpy(scores)).size)
+    return topk_mask(scores, max(1, num_to_keep(n, sparsity)) if n else 0)
+
+
+def pool_channel_scores(score_vectors, class_maps, size):
+    """Pools per-channel scores of several layers into one group's channels.
+
+    Args:
+        score_vectors: list of per-channel score vectors (one per layer).
+        class_maps: list of int arrays, same lengths: the group position of
+            each channel, -1 for channels outside the group.
+        size: number of channels of the group.
+
+    Returns:
+        float32 numpy vector of length ``size``: the sum over layers.
+
+    Example:
+        >>> pool_channel_scores([s1, s2], [np.arange(8), np.arange(8)], 8)
+    """
+    pooled = np.zeros(int(size), dtype=np.float32)
+    for vec, where in zip(score_vectors, class_maps):
+        vec = np.asarray(ops.convert_to_numpy(vec), dtype=np.float32).reshape(-1)
+        where = np.asarray(where).reshape(-1)
+        inside = where >= 0
+        np.add.at(pooled, where[inside], vec[inside])
+    return pooled
+
+
+def expand_channel_mask(keep, shape, axis=-1):
+    """Broadcasts a per-channel keep vector to a weight's full mask.
+
+    Args:
+        keep: vector of 0/1, one entry per channel.
+        shape: the weight's shape.
+        axis: channel axis (int) or consecutive axes (tuple), see
+            `channel_scores`.
+
+    Returns:
+        float32 tensor of ``shape``.
+
+    Example:
+        >>> expand_channel_mask([1, 0, 1], (3, 3, 16, 3))  # conv kernel, 3 filters
+    """
+    shape = tuple(int(d) for d in shape)
+    axes = _channel_axes(shape, axis)
+    keep = np.asarray(ops.convert_to_numpy(keep), dtype=np.float32).reshape(-1)
+    channel_shape = tuple(shape[a] for a in axes)
+    if keep.size != math.prod(channel_shape):
+        raise ValueError(f"A keep vector of {keep.size} channels does not fit a weight "
+                         f"of shape {shape} with channel axes {axes}.")
+    view = [1] * len(shape)
+    for a in axes:
+        view[a] = shape[a]
+    full = np.broadcast_to(keep.reshape(view), shape).astype(np.float32)
+    return ops.convert_to_tensor(full)

@@ -74,7 +74,8 @@ def prune_low_magnitude(to_prune, pruning_schedule=None, block_size=(1, 1),
                         sparsity_m_by_n=None, *, prune_depthwise=False,
                         criterion="magnitude", unsupported_layers="error",
                         scope="layer", distribution="uniform", initial_mask="dense",
-                        initial_sparsity=None, seed=None, target=None, **kwargs):
+                        initial_sparsity=None, seed=None, target=None,
+                        structure="unstructured", **kwargs):
     """Wraps a layer, a list of layers or a model for magnitude pruning.
 
     tf-mot's function with the same name and arguments, for Keras 3 models on
@@ -115,6 +116,18 @@ def prune_low_magnitude(to_prune, pruning_schedule=None, block_size=(1, 1),
             blocks TFLite's sparse FULLY_CONNECTED kernel runs natively ((4, 1)
             float, (16, 1) int8) and other layers unstructured (they only get
             a smaller file). Overrides ``block_size`` per layer.
+        structure: "unstructured" (default) or "channel": whole output
+            channels are removed, scored by the criterion summed per channel
+            (L1 norm per filter for "magnitude") and pooled over each channel
+            group (`keras_gap.channel_groups`: a residual Add's branches, the
+            BatchNormalization / DepthwiseConv that follow a conv). Layers
+            with per-channel weights (Dense, Conv*, SeparableConv,
+            DepthwiseConv, BatchNormalization) are wrapped; a group is pruned
+            when all its layers are wrapped and it is removable (groups that
+            reach a model output, or a layer the analysis cannot see through,
+            or a layer kept dense by ``pruning_policy``, keep every channel).
+            At least one channel of a group stays. Follow with
+            `keras_gap.materialize` for a smaller dense model.
         **kwargs: extra arguments for `PruneLowMagnitude`.
 
     Returns:
@@ -134,13 +147,15 @@ def prune_low_magnitude(to_prune, pruning_schedule=None, block_size=(1, 1),
     init_distribution = _check_sparse_options(
         criteria.get(criterion), scope, distribution, initial_mask, initial_sparsity, block_size,
         sparsity_m_by_n)
+    _check_structure(structure, block_size, sparsity_m_by_n, scope, distribution,
+                     initial_mask, target)
     kwargs.setdefault("pruning_group",
                       f"pruning_group_{keras.backend.get_uid('keras_gap_group')}")
     params = dict(pruning_schedule=pruning_schedule, block_size=block_size,
                   block_pooling_type=block_pooling_type,
                   sparsity_m_by_n=sparsity_m_by_n, prune_depthwise=prune_depthwise,
                   criterion=criterion, scope=scope, distribution=distribution,
-                  **kwargs)
+                  structure=structure, **kwargs)
 
     if target not in _TARGETS:
         raise ValueError(f"`target` must be one of {sorted(_TARGETS, key=str)}; "
@@ -157,7 +172,7 @@ def prune_low_magnitude(to_prune, pruning_schedule=None, block_size=(1, 1),
     elif isinstance(to_prune, keras.Model):
         _check_not_pruned(to_prune)
         result = prune_model(to_prune, wrap, pruning_policy, prune_depthwise,
-                             unsupported_layers)
+                             unsupported_layers, structure=structure)
     elif isinstance(to_prune, keras.layers.Layer):
         _check_not_pruned(to_prune)
         result = wrap(to_prune)
@@ -185,8 +200,10 @@ def _target_block(layer, target):
     return (1, 1)
 
 
-def has_prunable_weights(layer, prune_depthwise=False):
+def has_prunable_weights(layer, prune_depthwise=False, structure="unstructured"):
     """True when ``layer`` is built and owns weights pruning would mask."""
+    if structure == "channel":
+        return layer.built and bool(registry.channel_weights(layer))
     if not layer.built:
         return registry.is_supported(layer, prune_depthwise) and not isinstance(
             layer, registry._PASS_THROUGH)
@@ -194,7 +211,7 @@ def has_prunable_weights(layer, prune_depthwise=False):
 
 
 def prune_model(model, wrap, pruning_policy=None, prune_depthwise=False,
-                unsupported_layers="error"):
+                unsupported_layers="error", structure="unstructured"):
     """Clones ``model`` wrapping every prunable layer with ``wrap(layer)``.
 
     The building block of `prune_low_magnitude` and `keras_gap.prune_gap`.
@@ -205,6 +222,8 @@ def prune_model(model, wrap, pruning_policy=None, prune_depthwise=False,
         pruning_policy: optional callable(layer) -> bool (False: keep dense).
         prune_depthwise: also prune DepthwiseConv kernels.
         unsupported_layers: "error" or "keep_dense".
+        structure: "unstructured" or "channel" (wrap the layers with
+            per-channel weights, see `keras_gap.registry.channel_weights`).
 
     Returns:
         The pruned model.
@@ -218,7 +237,7 @@ def prune_model(model, wrap, pruning_policy=None, prune_depthwise=False,
             raise registry.unsupported_layer_error(layer)
         if pruning_policy is not None and not pruning_policy(layer):
             return layer
-        if not has_prunable_weights(layer, prune_depthwise):
+        if not has_prunable_weights(layer, prune_depthwise, structure):
             return layer
         wrapper = wrap(layer)
         wrapped.append(wrapper)
@@ -266,6 +285,23 @@ def strip_pruning(model):
 
 
 _INITIAL_MASKS = ("dense", "random", "erk_random")
+
+
+def _check_structure(structure, block_size, sparsity_m_by_n, scope, distribution,
+                     initial_mask, target):
+    """Validates ``structure`` and what it cannot be combined with."""
+    from keras_gap.wrapper import CHANNEL, validate_structure
+    validate_structure(structure, block_size, sparsity_m_by_n)
+    if structure != CHANNEL:
+        return
+    for name, value, default in (("scope", scope, "layer"),
+                                 ("distribution", distribution, "uniform"),
+                                 ("initial_mask", initial_mask, "dense"),
+                                 ("target", target, None)):
+        if value != default:
+            raise ValueError(f"structure='channel' prunes each channel group to the "
+                             f"schedule's sparsity; it does not support {name}={value!r} "
+                             f"(use the default {default!r}).")
 
 
 def _check_sparse_options(criterion, scope, distribution, initial_mask,

@@ -14,6 +14,8 @@ A pruning group is the set of wrappers with the same ``pruning_group`` name
 members must share schedule, scope, distribution and criterion.
 """
 
+import numpy as np
+
 from keras_gap import distributions
 
 DEFAULT_GROUP = "default"
@@ -125,3 +127,128 @@ def _owner(members, variable):
         if any(v is variable for v in w.pruned_weights):
             return w
     raise AssertionError(variable.path)
+
+
+class ChannelPlan:
+    """Channel groups of a model's ``structure="channel"`` wrappers.
+
+    Coupled channels (a residual ``Add``, a BatchNormalization or
+    DepthwiseConv after a conv) must be removed together from every layer
+    that holds them, so their masks are updated per channel group, never per
+    wrapper. A group is pruned only when it is removable (see
+    `keras_gap.channel_groups`) and every layer with per-channel weights on
+    its channels is wrapped with ``structure="channel"``; other groups keep
+    all their channels.
+
+    Args:
+        graph: the model's `keras_gap.structured.graph.ChannelGraph`.
+        wrappers: the model's `PruneLowMagnitude` layers.
+
+    Example:
+        >>> plan = ChannelPlan(kg.structured.analyze(pruned), collect_wrappers(pruned))
+        >>> plan.update(plan.groups_for(wrappers), {g: 0.5 for g in ...})
+    """
+
+    def __init__(self, graph, wrappers):
+        from keras_gap import registry
+        self.graph = graph
+        self.wrappers = [w for w in wrappers if getattr(w, "structure", None) == "channel"]
+        wrapped = {id(w.layer): w for w in self.wrappers}
+        members = {}
+        for lid, layer in graph.layers.items():
+            if "out" not in graph.maps.get(lid, {}) or not layer.built \
+                    or not registry.channel_weights(layer):
+                continue
+            for g in graph.layer_groups(layer):
+                members.setdefault(g, []).append(lid)
+        self.members, self.producers, self.skipped = {}, {}, {}
+        for g, lids in members.items():
+            group = graph.groups[g]
+            missing = [graph.layers[l].name for l in lids if l not in wrapped]
+            if not group.removable:
+                self.skipped[g] = "not removable: " + ", ".join(
+                    f"{n} ({r})" for n, r in group.blocked_by[:2])
+            elif missing:
+                self.skipped[g] = f"layers {missing} are not wrapped with structure='channel'"
+            else:
+                self.members[g] = [wrapped[l] for l in lids]
+                self.producers[g] = [wrapped[l] for l in lids
+                                     if graph.layers[l].name in group.producers]
+
+    def groups_for(self, wrappers):
+        """Prunable groups whose channels any of ``wrappers`` holds."""
+        ids = {id(w) for w in wrappers}
+        return [g for g, ws in self.members.items() if any(id(w) in ids for w in ws)]
+
+    def keep(self, group):
+        """Current keep vector of a group (read from its first producer)."""
+        w = self.producers[group][0]
+        pos = self.graph.positions(w.layer, group)
+        keep = np.zeros(self.graph.groups[group].size, dtype=np.float32)
+        sel = pos >= 0
+        keep[pos[sel]] = w.channel_keep()[sel]
+        return keep
+
+    def select(self, group, sparsity, gradient_of=None):
+        """New keep vector of ``group`` at ``sparsity`` by its criterion."""
+        producers = self.producers[group]
+        criterion = producers[0].criterion
+        weights, masks, grads, maps, axes = [], [], [], [], []
+        for w in producers:
+            pos = self.graph.positions(w.layer, group)
+            for i in w.scored_weights():
+                weights.append(w.pruned_weights[i])
+                masks.append(w.masks[i])
+                axes.append(w.channel_axes[i])
+                maps.append(pos)
+                grads.append(None if gradient_of is None
+                             else gradient_of(w.pruned_weights[i]))
+        return np.asarray(criterion.select_channels(
+            weights, masks, grads, maps, axes, sparsity,
+            size=self.graph.groups[group].size), dtype=np.float32)
+
+    def apply(self, keep_by_group):
+        """Sets the masks of every member of the given groups.
+
+        Args:
+            keep_by_group: dict group index -> keep vector of the group's size.
+
+        Returns:
+            list of the wrappers whose masks changed.
+        """
+        touched = {}
+        for g in keep_by_group:
+            for w in self.members[g]:
+                touched[id(w)] = w
+        for w in touched.values():
+            keep = w.channel_keep().astype(np.float32)
+            for g, k in keep_by_group.items():
+                pos = self.graph.positions(w.layer, g)
+                sel = pos >= 0
+                keep[sel] = np.asarray(k, dtype=np.float32)[pos[sel]]
+            w.set_channel_keep(keep)
+        return list(touched.values())
+
+    def update(self, groups, sparsity_of, gradient_of=None):
+        """Prunes ``groups`` (each at ``sparsity_of[g]``) by their criterion.
+
+        Returns:
+            list of the wrappers whose masks changed.
+        """
+        return self.apply({g: self.select(g, sparsity_of[g], gradient_of) for g in groups})
+
+    def random(self, groups, sparsity_of, seed=0):
+        """Exact-count random keep vectors (GaP's sparse start)."""
+        from keras_gap import masks as mask_lib
+        rng = np.random.default_rng(seed)
+        return self.apply({g: mask_lib.channel_mask(
+            rng.random(self.graph.groups[g].size).astype(np.float32), sparsity_of[g])
+            for g in groups})
+
+
+def channel_plan(model, wrappers):
+    """A `ChannelPlan` for ``model`` when any wrapper uses channel structure, else None."""
+    if not any(getattr(w, "structure", None) == "channel" for w in wrappers):
+        return None
+    from keras_gap.structured import graph as graph_lib  # sees through the wrappers
+    return ChannelPlan(graph_lib.analyze(model), wrappers)

@@ -128,3 +128,42 @@ def unsupported_layer_error(layer):
         "prune_low_magnitude or prune_gap to leave such layers dense. Supported layers: "
         + ", ".join(sorted(c.__name__ for c in SUPPORTED_LAYERS)) + "."
     )
+
+
+def channel_weights(layer):
+    """Weights that hold a layer's output channels, for channel structure.
+
+    A removed output channel is a slice of each of these (kernel and bias of
+    a producer; gamma/beta of a BatchNormalization; kernel and bias of a
+    DepthwiseConv), so masking them all makes the channel exactly zero.
+
+    Args:
+        layer: a built Keras layer.
+
+    Returns:
+        list of (variable, channel axis) pairs; the axis is an int or a tuple
+        of consecutive axes (DepthwiseConv: (-2, -1), output channel c*m + j).
+        Empty for layers without output channels keras-gap can mask.
+
+    Example:
+        >>> [(v.name, a) for v, a in channel_weights(conv)]
+        [('kernel', -1), ('bias', -1)]
+    """
+    out = []
+    if isinstance(layer, (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)):
+        out.append((layer.kernel, -2))
+    elif isinstance(layer, (L.SeparableConv1D, L.SeparableConv2D)):
+        out.append((layer.pointwise_kernel, -1))
+    elif isinstance(layer, _DEPTHWISE_LAYERS):
+        out.append((layer.kernel, (-2, -1)))
+    elif isinstance(layer, (L.Dense, L.Conv1D, L.Conv2D, L.Conv3D)):
+        if int(getattr(layer, "groups", 1) or 1) != 1:
+            return []
+        out.append((layer.kernel, -1))
+    elif isinstance(layer, L.BatchNormalization):
+        return [(v, -1) for v in (layer.gamma, layer.beta) if v is not None]
+    else:
+        return []
+    if getattr(layer, "bias", None) is not None:
+        out.append((layer.bias, -1))
+    return out

@@ -20,7 +20,10 @@ How masking works on every backend (see ../shared/REFERENCES.md section 4):
   is saved with the model, so a reloaded model continues at the same step.
 """
 
+import warnings
+
 import keras
+import numpy as np
 from keras import ops
 
 from keras_gap import masks as mask_lib
@@ -80,6 +83,11 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             or a dict {weight path: sparsity} (see `keras_gap.distributions`).
         pruning_group: name shared by wrappers pruned together (set by
             `prune_low_magnitude`); None is the default group.
+        structure: "unstructured" (default) or "channel": whole output
+            channels are masked (kernel slice, bias; gamma/beta of a wrapped
+            BatchNormalization; DepthwiseConv slices), scored by the
+            criterion summed per channel. In a model, `UpdatePruningStep`
+            updates coupled channels together (see `keras_gap.channel_groups`).
         **kwargs: passed to `keras.layers.Wrapper`.
 
     Returns:
@@ -93,7 +101,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
     def __init__(self, layer, pruning_schedule=None, block_size=(1, 1),
                  block_pooling_type="AVG", sparsity_m_by_n=None,
                  prune_depthwise=False, criterion="magnitude", scope="layer",
-                 distribution="uniform", pruning_group=None, **kwargs):
+                 distribution="uniform", pruning_group=None, structure="unstructured",
+                 **kwargs):
         if isinstance(layer, PruneLowMagnitude):
             raise ValueError(
                 f"Layer {layer.layer.name!r} is already wrapped for pruning; "
@@ -122,8 +131,13 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         self.scope = scope
         self.distribution = distributions.validate_distribution(distribution)
         self.pruning_group = pruning_group
+        self.structure = validate_structure(structure, self.block_size, self.sparsity_m_by_n)
+        self.channel_axes = []
         self.step_callback_active = False
         self._targets = []
+        # Counts mask edits (set_masks), so observers such as
+        # structured.TrainingCost re-read masks only when they changed.
+        self.mask_version = 0
 
     # Building -----------------------------------------------------------------
     def build(self, input_shape=None):
@@ -135,7 +149,18 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 # build for self-attention on the one shape we have.
                 self.layer.build(input_shape, input_shape)
             self.layer.built = True
-        weights = registry.get_prunable_weights(self.layer, self.prune_depthwise)
+        if self.structure == CHANNEL:
+            pairs = registry.channel_weights(self.layer)
+            if not pairs:
+                raise ValueError(
+                    f"structure='channel' masks output channels of Dense, Conv*, "
+                    "Conv*Transpose, SeparableConv, DepthwiseConv and "
+                    f"BatchNormalization layers; layer {self.layer.name!r} "
+                    f"({type(self.layer).__name__}) has none it can mask.")
+            weights = [v for v, _ in pairs]
+            self.channel_axes = [a for _, a in pairs]
+        else:
+            weights = registry.get_prunable_weights(self.layer, self.prune_depthwise)
         if not weights:
             raise ValueError(
                 f"Layer {self.layer.name!r} ({type(self.layer).__name__}) has no "
@@ -143,8 +168,9 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 "model leaves such layers as they are).")
         self._targets = [_find_owner_attribute(self.layer, w) for w in weights]
         self.pruned_weights = list(weights)
-        for w in weights:
-            self.check_structure(tuple(w.shape))
+        if self.structure != CHANNEL:
+            for w in weights:
+                self.check_structure(tuple(w.shape))
         self.masks = [
             self.add_weight(name=f"{w.name}_mask", shape=tuple(w.shape),
                             initializer="ones", trainable=False, dtype=w.dtype)
@@ -207,6 +233,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         Example:
             >>> wrapper.update_masks(0.8)
         """
+        if self.structure == CHANNEL:
+            return self.update_channel_masks(sparsity, gradients=gradients)
         new_masks = []
         for i, (weight, mask) in enumerate(zip(self.pruned_weights, self.masks)):
             new = self.criterion.compute_mask(
@@ -221,8 +249,41 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         self.set_masks(new_masks)
         return new_masks
 
+    def scored_weights(self):
+        """Indices of the pruned weights that score channels (kernels, not biases)."""
+        kernels = {id(v) for v in registry.get_prunable_weights(self.layer, True)}
+        picked = [i for i, v in enumerate(self.pruned_weights) if id(v) in kernels]
+        return picked or list(range(len(self.pruned_weights)))
+
+    def channel_keep(self):
+        """Current per-output-channel keep vector (structure="channel")."""
+        i = self.scored_weights()[0]
+        return mask_lib.channel_scores(self.masks[i], self.channel_axes[i]) > 0
+
+    def set_channel_keep(self, keep):
+        """Masks every channel weight from one per-output-channel keep vector."""
+        self.set_masks([mask_lib.expand_channel_mask(keep, tuple(v.shape), axis)
+                        for v, axis in zip(self.pruned_weights, self.channel_axes)])
+
+    def update_channel_masks(self, sparsity, gradients=None):
+        """This layer's channels alone (a wrapper used outside a model).
+
+        In a model, `UpdatePruningStep` updates coupled channels together
+        with `keras_gap.pruning_groups.ChannelPlan` instead.
+        """
+        idx = self.scored_weights()
+        keep = self.criterion.select_channels(
+            [self.pruned_weights[i] for i in idx], [self.masks[i] for i in idx],
+            [None if gradients is None else gradients[i] for i in idx],
+            [np.arange(int(mask_lib.channel_scores(self.masks[i],
+                                                   self.channel_axes[i]).size))
+             for i in idx], [self.channel_axes[i] for i in idx], sparsity)
+        self.set_channel_keep(keep)
+        return [ops.convert_to_tensor(m) for m in self.masks]
+
     def set_masks(self, new_masks):
         """Assigns masks and multiplies the weights by them."""
+        self.mask_version += 1
         for weight, mask, new in zip(self.pruned_weights, self.masks, new_masks):
             new = ops.cast(new, mask.dtype)
             mask.assign(new)
@@ -255,6 +316,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             "scope": self.scope,
             "distribution": self.distribution,
             "pruning_group": self.pruning_group,
+            "structure": self.structure,
+            "step_origin": 1,
         })
         return config
 
@@ -263,10 +326,54 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         config = dict(config)
         layer = keras.saving.deserialize_keras_object(
             config.pop("layer"), custom_objects=custom_objects)
-        config["pruning_schedule"] = deserialize_schedule(config["pruning_schedule"])
+        schedule = config["pruning_schedule"]
+        if config.pop("step_origin", 0) == 0:
+            schedule = _shift_legacy_schedule(schedule, config.get("name"))
+        config["pruning_schedule"] = deserialize_schedule(schedule)
         config["criterion"] = keras.saving.deserialize_keras_object(
             config["criterion"], custom_objects=custom_objects)
         return cls(layer, **config)
+
+
+def _shift_legacy_schedule(schedule_config, name):
+    """Schedule config of a model saved when keras-gap counted from step 0.
+
+    Until keras-gap 0.1.0 the first training batch was step 0; it is now step
+    1, as in tf-mot, and ``pruning_step`` still counts the batches run. Adding
+    1 to ``begin_step`` / ``end_step`` makes an old checkpoint update its masks
+    at exactly the batches it used to.
+    """
+    if not isinstance(schedule_config, dict) or "config" not in schedule_config:
+        return schedule_config
+    inner = dict(schedule_config["config"])
+    if "begin_step" not in inner:
+        warnings.warn(
+            f"Pruning layer {name!r} was saved by an older keras-gap that numbered "
+            "training steps from 0; its schedule "
+            f"{schedule_config.get('class_name')!r} has no begin_step to shift, so "
+            "it now fires one batch later (steps are numbered from 1, as in tf-mot).")
+        return schedule_config
+    inner["begin_step"] = int(inner["begin_step"]) + 1
+    if inner.get("end_step", -1) != -1:
+        inner["end_step"] = int(inner["end_step"]) + 1
+    return dict(schedule_config, config=inner)
+
+
+UNSTRUCTURED, CHANNEL = "unstructured", "channel"
+STRUCTURES = (UNSTRUCTURED, CHANNEL)
+
+
+def validate_structure(structure, block_size=(1, 1), sparsity_m_by_n=None):
+    """Returns ``structure`` or raises a clear error (channel + block / N:M)."""
+    if structure not in STRUCTURES:
+        raise ValueError(f"`structure` must be one of {STRUCTURES}; received {structure!r}.")
+    if structure == CHANNEL and tuple(block_size) != (1, 1):
+        raise ValueError("structure='channel' removes whole output channels; it cannot be "
+                         f"combined with block_size={tuple(block_size)}. Use block_size=(1, 1).")
+    if structure == CHANNEL and sparsity_m_by_n is not None:
+        raise ValueError("structure='channel' removes whole output channels; it cannot be "
+                         f"combined with sparsity_m_by_n={tuple(sparsity_m_by_n)}.")
+    return structure
 
 
 def collect_wrappers(model):
