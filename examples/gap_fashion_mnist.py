@@ -56,10 +56,9 @@ def main(argv):
     import keras_gap as kg
 
     keras.utils.set_random_seed(FLAGS.seed)
-    x, y = kg.datasets.load_numpy("fashion_mnist", "train", limit=FLAGS.limit)
-    xt, yt = kg.datasets.load_numpy("fashion_mnist", "test")
-    x = (x.astype("float32") / 255.0)[..., None]
-    xt = (xt.astype("float32") / 255.0)[..., None]
+    # float32 [N, 28, 28, 1] in [0, 1]
+    x, y = kg.datasets.load_numpy("fashion_mnist", "train", limit=FLAGS.limit, normalize=True)
+    xt, yt = kg.datasets.load_numpy("fashion_mnist", "test", normalize=True)
 
     pruned = kg.prune_gap(
         build_model(), target_sparsity=FLAGS.sparsity, num_partitions=FLAGS.partitions,

@@ -59,12 +59,12 @@ MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST training-set pixel statistics (0..1 
 
 
 def make_dataset(x, y, batch_size, training, seed):
-    """uint8 [N, 28, 28] -> batches of normalized float32 [32, 32, 3] images."""
+    """uint8 [N, 28, 28, 1] -> batches of normalized float32 [32, 32, 3] images."""
     import tensorflow as tf
 
     def prep(image, label):
         image = (tf.cast(image, tf.float32) / 255.0 - MEAN) / STD
-        image = tf.pad(image[..., None], [[2, 2], [2, 2], [0, 0]])  # 28 -> 32
+        image = tf.pad(image, [[2, 2], [2, 2], [0, 0]])  # 28 -> 32
         if training and FLAGS.augment:
             image = tf.pad(image, [[4, 4], [4, 4], [0, 0]])
             image = tf.image.random_crop(image, [32, 32, 1])

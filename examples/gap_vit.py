@@ -121,13 +121,14 @@ def main(argv):
 
     keras.utils.set_random_seed(FLAGS.seed)
     try:
-        x, y = kg.datasets.load_numpy(FLAGS.dataset, "train", limit=FLAGS.limit)
-        xt, yt = kg.datasets.load_numpy(FLAGS.dataset, "test", limit=FLAGS.test_limit)
+        # float32 [N, 28, 28, 1] in [0, 1]
+        x, y = kg.datasets.load_numpy(FLAGS.dataset, "train", limit=FLAGS.limit,
+                                      normalize=True)
+        xt, yt = kg.datasets.load_numpy(FLAGS.dataset, "test", limit=FLAGS.test_limit,
+                                        normalize=True)
     except kg.datasets.DataNotFoundError as e:
         # No fallback to another data set: the message names the package to install.
         raise SystemExit(f"gap_vit.py: {type(e).__name__}: {e}") from None
-    x = (x.astype("float32") / 255.0)[..., None]
-    xt = (xt.astype("float32") / 255.0)[..., None]
 
     model = build_vit(FLAGS.depth, FLAGS.dim, FLAGS.heads, FLAGS.mlp_dim, FLAGS.patch_size)
     pruned = kg.prune_gap(

@@ -33,7 +33,7 @@ C. J. C. Burges) is CC BY-SA 3.0.
 Example:
     >>> from keras_gap import datasets
     >>> train = datasets.fashion_mnist("train", batch_size=128)
-    >>> x, y = datasets.load_numpy("fashion_mnist", "test", limit=1000)
+    >>> x, y = datasets.load_numpy("fashion_mnist", "test", limit=1000)  # uint8 [N, 28, 28, 1]
 """
 
 import contextlib
@@ -85,6 +85,7 @@ SPECS = {
 }
 _SPLITS = ("train", "test")
 _SOURCES = ("auto", "local", "tfds")
+_LAYOUTS = ("nhwc", "nhw")
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -319,6 +320,9 @@ def _verify(name, split, x, y, origin):
 
 def _tfds():
     import tensorflow_datasets as tfds
+
+    from keras_gap import console
+    console.quiet_tfds_if_requested(tfds)  # no progress bars in quiet scripts
     return tfds
 
 
@@ -507,8 +511,14 @@ def mnist(split="train", batch_size=None, **kwargs):
     return load("mnist", split=split, batch_size=batch_size, **kwargs)
 
 
-def load_numpy(name, split="train", limit=None, data_dir=None, source_dirs=None):
+def load_numpy(name, split="train", limit=None, data_dir=None, source_dirs=None,
+               layout="nhwc", normalize=False):
     """The whole split as numpy arrays, for quick scripts and tests.
+
+    By default the images have the layout and values of the `load` /
+    `fashion_mnist` pipelines (uint8 ``[N, 28, 28, 1]``, 0..255), so a model
+    built for one takes the other. ``normalize=True`` gives float32 in [0, 1];
+    ``layout="nhw"`` gives the raw IDX layout ``[N, 28, 28]``.
 
     Reads the local copy directly when there is one (well under a second, same
     order as `load`); otherwise reads the TFDS dataset through `load`.
@@ -519,17 +529,31 @@ def load_numpy(name, split="train", limit=None, data_dir=None, source_dirs=None)
         limit: keep only the first ``limit`` examples (None: all).
         data_dir: TFDS directory (see `load`).
         source_dirs: directories searched for local copies (see `prepare`).
+        layout: "nhwc" (default, ``[N, 28, 28, 1]`` like `load`) or "nhw"
+            (``[N, 28, 28]``).
+        normalize: False (default): uint8 pixels 0..255, as `load` yields
+            them; True: float32 pixels / 255, in [0, 1].
 
     Returns:
-        ``(x, y)``: x uint8 ``[N, 28, 28]``, y int64 ``[N]`` with values 0..9.
+        ``(x, y)``: x uint8 ``[N, 28, 28, 1]`` by default (see ``layout`` and
+        ``normalize``), y int64 ``[N]`` with values 0..9.
 
     Example:
         >>> x, y = datasets.load_numpy("fashion_mnist", "train", limit=2000)
+        >>> x.shape, x.dtype
+        ((2000, 28, 28, 1), dtype('uint8'))
+        >>> x, y = datasets.load_numpy("fashion_mnist", "test", limit=500, normalize=True)
+        >>> x.dtype, float(x.max())
+        (dtype('float32'), 1.0)
     """
     _check_name(name)
     _check_split(split)
     if limit is not None and (not isinstance(limit, (int, np.integer)) or limit < 1):
         raise ValueError(f"`limit` must be a positive int or None; received {limit!r}.")
+    if layout not in _LAYOUTS:
+        raise ValueError(f"`layout` must be one of {_LAYOUTS}; received {layout!r}.")
+    if not isinstance(normalize, bool):
+        raise ValueError(f"`normalize` must be True or False; received {normalize!r}.")
     data_dir = pathlib.Path(data_dir or default_data_dir()).expanduser()
     dirs = [pathlib.Path(d) for d in (source_dirs if source_dirs is not None
                                       else _default_source_dirs(name, data_dir))]
@@ -545,4 +569,7 @@ def load_numpy(name, split="train", limit=None, data_dir=None, source_dirs=None)
     y = np.asarray(y, dtype=np.int64)
     if limit is not None:
         x, y = x[:limit], y[:limit]
-    return np.ascontiguousarray(x), y
+    if layout == "nhwc":
+        x = x[..., None]
+    x = x.astype(np.float32) / np.float32(255.0) if normalize else np.ascontiguousarray(x)
+    return x, y

