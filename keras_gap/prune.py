@@ -34,12 +34,16 @@ def _check_not_pruned(obj):
                 "training the pruned model.")
 
 
-def clone_with(model, clone_layer):
+def clone_with(model, clone_layer, input_tensors=None, clone_nested=None):
     """Clones a Sequential/Functional model, mapping every leaf layer.
 
     Args:
         model: a Sequential or Functional model.
         clone_layer: function(layer) -> layer used in the clone.
+        input_tensors: optional new inputs (``keras.Input``) for the clone,
+            as in ``keras.models.clone_model``.
+        clone_nested: optional function(nested model) -> its clone; default
+            clones it recursively with ``clone_layer``.
 
     Returns:
         The cloned model (nested models are cloned recursively).
@@ -55,6 +59,8 @@ def clone_with(model, clone_layer):
 
     def fn(layer):
         if isinstance(layer, keras.Model):
+            if clone_nested is not None:
+                return clone_nested(layer)
             return clone_with(layer, clone_layer)
         return clone_layer(layer)
 
@@ -64,7 +70,8 @@ def clone_with(model, clone_layer):
     compiled = getattr(model, "compiled", False)
     try:
         model.compiled = False
-        return keras.models.clone_model(model, clone_function=fn)
+        return keras.models.clone_model(model, input_tensors=input_tensors,
+                                        clone_function=fn)
     finally:
         model.compiled = compiled
 

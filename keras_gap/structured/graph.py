@@ -198,7 +198,12 @@ class ChannelGraph:
         self._sources = []    # (kind, layer name, reason)
         self._blocks = []     # (channel ids, layer name, reason)
         self._producer_ids = {}
-        self._walk_model(model, None)
+        self.steps = []           # (layer, input keys, output keys), leaves in order
+        self.tensor_ids = {}      # tensor key -> channel-id array (None: untracked)
+        self.tensor_shapes = {}   # tensor key -> shape
+        self.model_inputs = {}    # id(model) -> input tensor keys (nested too)
+        self.output_keys = []
+        self.output_keys = self._walk_model(model, None)
         self._finish()
 
     # Ids -------------------------------------------------------------------------
@@ -253,26 +258,39 @@ class ChannelGraph:
         tensors = {}
         for i, x in enumerate(functional.inputs):
             if input_ids is None:
-                tensors[id(x)] = self._input_ids(x, model.name)
+                tensors[id(x)] = self._key(self._input_ids(x, model.name), x.shape)
             else:
                 tensors[id(x)] = input_ids[i]
+        self.model_inputs.setdefault(id(model), [tensors[id(x)] for x in functional.inputs])
         for depth in sorted(functional._nodes_by_depth, reverse=True):
             for node in functional._nodes_by_depth[depth]:
                 if not node.operation or node.is_input:
                     continue
                 if any(id(x) not in tensors for x in node.input_tensors):
                     continue
-                ins = [tensors[id(x)] for x in node.input_tensors]
-                outs = self._visit(node, ins)
-                for x, ids in zip(node.outputs, outs):
-                    tensors[id(x)] = ids
+                in_keys = [tensors[id(x)] for x in node.input_tensors]
+                if isinstance(unwrap(node.operation), keras.Model):
+                    out_keys = self._walk_model(unwrap(node.operation), in_keys)
+                else:
+                    outs = self._visit(node, [self.tensor_ids[k] for k in in_keys])
+                    out_keys = [self._key(ids, x.shape) for x, ids in zip(node.outputs, outs)]
+                    self.steps.append((unwrap(node.operation), in_keys, out_keys))
+                for x, key in zip(node.outputs, out_keys):
+                    tensors[id(x)] = key
         outputs = [tensors.get(id(x)) for x in functional.outputs]
         if input_ids is None:
-            for x, ids in zip(functional.outputs, outputs):
+            for x, key in zip(functional.outputs, outputs):
+                ids = self.tensor_ids.get(key)
                 op = getattr(getattr(x, "_keras_history", None), "operation", None)
                 self._block(ids, unwrap(op).name if op is not None else "output",
                             "reaches a model output")
         return outputs
+
+    def _key(self, ids, shape):
+        key = len(self.tensor_ids)
+        self.tensor_ids[key] = ids
+        self.tensor_shapes[key] = tuple(shape)
+        return key
 
     def _input_ids(self, tensor, model_name):
         c = _last_dim(tensor)
@@ -284,8 +302,6 @@ class ChannelGraph:
         op = node.operation
         wrapper = op if isinstance(op, PruneLowMagnitude) else None
         layer = unwrap(op)
-        if isinstance(layer, keras.Model):
-            return self._walk_model(layer, ins)
         in_shapes = [tuple(x.shape) for x in node.input_tensors]
         out_shapes = [tuple(x.shape) for x in node.outputs]
         x = ins[0] if ins else None
@@ -431,6 +447,7 @@ class ChannelGraph:
         lookup = np.full(max(n, 1), -1, dtype=np.int64)
         for r, c in class_of_root.items():
             lookup[r] = c
+        self.id_class = lookup[roots] if n else np.zeros(0, dtype=np.int64)
         self.maps = {}
         members = [{PRODUCER: [], FOLLOWER: [], CONSUMER: []} for _ in groups_src]
         for lid in self._order:
@@ -497,6 +514,11 @@ class ChannelGraph:
                 if g in keep_by_group:
                     keep[i] = float(keep_by_group[g][self.class_position[c]])
         return keep
+
+    def tensor_classes(self, key):
+        """Global class of every channel of a traced tensor (-1: in no group)."""
+        ids = self.tensor_ids.get(key)
+        return None if ids is None else self.id_class[ids]
 
     def by_name(self, name):
         """The analysed layer called ``name`` (first match) or None."""
