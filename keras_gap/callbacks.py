@@ -15,7 +15,7 @@ from keras import ops
 from keras_gap import gradients as gradients_lib
 from keras_gap import optimizer_state
 from keras_gap import pruning_groups
-from keras_gap.wrapper import collect_wrappers
+from keras_gap.wrapper import collect_wrappers, missing_callback_error
 
 
 def overall_sparsity(wrappers):
@@ -53,8 +53,9 @@ def _stash_train_function(model, reusable=True):
             # The JAX trainer detached the variables' values before this step;
             # put them back so the model survives the error.
             _restore_jax_state(model, args[0])
-        from keras_gap.wrapper import _MISSING_CALLBACK
-        raise RuntimeError(_MISSING_CALLBACK.format(name=model.name))
+        wrappers = collect_wrappers(model)
+        raise missing_callback_error(model.name,
+                                     wrappers[0].pruning_schedule if wrappers else None)
 
     missing_callback_guard._keras_gap_guard = True
     model.train_function = missing_callback_guard
@@ -119,6 +120,7 @@ class UpdatePruningStep(keras.callbacks.Callback):
                 "UpdatePruningStep found no PruneLowMagnitude layers in model "
                 f"{model.name!r}. Wrap the model first: "
                 "keras_gap.prune_low_magnitude(model, ...).")
+        self._check_schedules_are_driven_here(model)
         for w in self.wrappers:
             if not w.built:
                 raise ValueError(
@@ -131,6 +133,19 @@ class UpdatePruningStep(keras.callbacks.Callback):
         self.sparsity = overall_sparsity(self.wrappers)
         self._setup_groups(model)
         self._channel_plan = pruning_groups.channel_plan(model, self.wrappers)
+
+    def _check_schedules_are_driven_here(self, model):
+        """A schedule that names another callback (GaP's) is an error here."""
+        mine = {cls.__name__ for cls in type(self).__mro__}
+        for w in self.wrappers:
+            required = getattr(w.pruning_schedule, "required_callback", None)
+            if required and required not in mine:
+                raise ValueError(
+                    f"Model {model.name!r} was prepared by keras_gap.prune_gap (layer "
+                    f"{w.name!r} has a {type(w.pruning_schedule).__name__}): train it "
+                    f"with keras_gap.{required}() instead of {type(self).__name__}: "
+                    f"model.fit(..., epochs=keras_gap.gap_total_epochs(model), "
+                    f"callbacks=[keras_gap.{required}()]).")
 
     def _setup_groups(self, model):
         """Global scope / distributions / gradient criteria (FGGP)."""

@@ -40,6 +40,29 @@ _MISSING_CALLBACK = (
     "on_train_batch_begin/on_train_batch_end around every step."
 )
 
+_MISSING_GAP_CALLBACK = (
+    "PruneLowMagnitude layer {name!r} was called with training=True but the "
+    "`keras_gap.GaPCallback()` callback is not active. This model was prepared by "
+    "keras_gap.prune_gap: pass GaPCallback (not UpdatePruningStep) to fit: "
+    "model.fit(..., epochs=keras_gap.gap_total_epochs(model), "
+    "callbacks=[keras_gap.GaPCallback()])."
+)
+
+
+def missing_callback_error(name, schedule=None):
+    """The error for training a pruned layer without its callback.
+
+    Args:
+        name: the layer (or model) name for the message.
+        schedule: its pruning schedule; one with ``required_callback =
+            "GaPCallback"`` (`GaPPruningSchedule`) gets GaP's advice.
+
+    Returns:
+        A RuntimeError naming the callback to pass to ``fit``.
+    """
+    gap = getattr(schedule, "required_callback", None) == "GaPCallback"
+    return RuntimeError((_MISSING_GAP_CALLBACK if gap else _MISSING_CALLBACK).format(name=name))
+
 
 def _find_owner_attribute(layer, variable):
     """(owner_layer, attribute_name) whose attribute *is* ``variable``."""
@@ -193,7 +216,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
     def call(self, inputs, *args, training=None, **kwargs):
         if training:
             if not self.step_callback_active:
-                raise RuntimeError(_MISSING_CALLBACK.format(name=self.name))
+                raise missing_callback_error(self.name, self.pruning_schedule)
             self.pruning_step.assign(self.pruning_step + 1)
         originals = []
         try:

@@ -63,6 +63,9 @@ class GaPPruningSchedule(PruningSchedule):
         (True, 0.9)
     """
 
+    # Read by the missing-callback error (wrapper.missing_callback_error).
+    required_callback = "GaPCallback"
+
     def __init__(self, partition, num_partitions, target_sparsity, rounds=1,
                  steps_per_step=None, epochs_per_step=None, finetune_steps=0,
                  finetune_epochs=0, begin_step=0, method="cgap",

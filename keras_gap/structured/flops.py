@@ -1,0 +1,482 @@
+"""`flops_report`: parameters and multiply-accumulates (MACs) per layer.
+
+MACs are counted for ONE example (batch size 1) from each layer's input and
+output shapes in the built model: node shapes of a Functional model (a built
+Sequential model is one), the ``compute_output_shape`` chain of a Sequential
+model without a graph, and the build shapes of layers elsewhere. Pruning
+wrappers are seen through (the wrapped layer is counted) and nested models are
+counted layer by layer.
+
+Conventions (the usual ones of FLOPs counters, e.g. fvcore / ptflops):
+
+* a MAC is one multiply-accumulate with a weight or between two activations
+  (attention scores); bias additions, activations, pooling and element-wise
+  merges are not counted;
+* Dense / EinsumDense / Conv* / DepthwiseConv* / SeparableConv*: every kernel
+  entry once per output position (input position for transposed convs);
+* MultiHeadAttention: its four projections plus ``QK^T`` and ``AV``;
+* LSTM / GRU / SimpleRNN: kernel and recurrent kernel once per timestep;
+* BatchNormalization, LayerNormalization, GroupNormalization, PReLU: one MAC
+  per output element (the folded scale and shift of inference);
+* Embedding: 0 MACs (a table lookup).
+
+"Non-zero MACs" scale the MACs of each kernel by the fraction of its entries
+that are non-zero (``weight * mask`` for wrapped layers): what a kernel that
+skips zero weights could spend. A layer that owns weights but is none of the
+above is listed as "not counted" (its MACs are ``None``), never a silent 0.
+"""
+
+import dataclasses
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_gap.wrapper import PruneLowMagnitude
+
+L = keras.layers
+
+_CONVS = (L.Conv1D, L.Conv2D, L.Conv3D)
+_TRANSPOSES = (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)
+_DEPTHWISE = (L.DepthwiseConv1D, L.DepthwiseConv2D)
+_SEPARABLE = (L.SeparableConv1D, L.SeparableConv2D)
+_RNNS = (L.LSTM, L.GRU, L.SimpleRNN)
+_PER_ELEMENT = tuple(
+    cls for cls in (getattr(L, n, None) for n in (
+        "BatchNormalization", "LayerNormalization", "GroupNormalization",
+        "RMSNormalization", "PReLU")) if cls is not None)
+# Weight-free layers that still multiply activations: listed as not counted.
+_UNCOUNTED_MATMULS = tuple(
+    cls for cls in (getattr(L, n, None) for n in ("Dot", "Attention", "AdditiveAttention"))
+    if cls is not None)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerFlops:
+    """One row of a `FlopsReport`.
+
+    ``macs`` and ``nonzero_macs`` are None when the layer is not counted
+    (``note`` says why). ``weight_macs`` is ((weight path, MACs), ...) for the
+    kernels whose MACs scale with their density; ``macs`` minus their sum is
+    the part no weight sparsity can remove (attention scores, normalizations).
+    """
+
+    layer: str
+    type: str
+    params: int
+    macs: object
+    nonzero_macs: object
+    weight_macs: tuple = ()
+    note: str = ""
+
+    @property
+    def counted(self):
+        return self.macs is not None
+
+
+def _ratio(a, b):
+    return a / b if b else None
+
+
+@dataclasses.dataclass(frozen=True)
+class FlopsReport:
+    """Parameters and MACs per layer and in total; ``print()`` it or read
+    ``rows`` / ``to_dict()``.
+
+    ``reference`` is the report of the reference model (or None); the
+    ``*_ratio`` properties are this model's totals divided by its totals.
+    """
+
+    rows: tuple
+    reference: object = None
+
+    @property
+    def params(self):
+        return sum(r.params for r in self.rows)
+
+    @property
+    def macs(self):
+        """Total MACs of the counted layers (see ``not_counted``)."""
+        return sum(r.macs for r in self.rows if r.counted)
+
+    @property
+    def nonzero_macs(self):
+        return sum(r.nonzero_macs for r in self.rows if r.counted)
+
+    @property
+    def not_counted(self):
+        """Names of layers with weights whose MACs could not be counted."""
+        return tuple(r.layer for r in self.rows if not r.counted)
+
+    @property
+    def params_ratio(self):
+        return _ratio(self.params, self.reference.params) if self.reference else None
+
+    @property
+    def macs_ratio(self):
+        return _ratio(self.macs, self.reference.macs) if self.reference else None
+
+    @property
+    def nonzero_macs_ratio(self):
+        """Non-zero MACs of this model over the reference's non-zero MACs."""
+        if not self.reference:
+            return None
+        return _ratio(self.nonzero_macs, self.reference.nonzero_macs)
+
+    def to_dict(self):
+        """Plain data: ``{"layers": [...], "total": {...}, "reference": ...}``."""
+        out = {
+            "layers": [{"layer": r.layer, "type": r.type, "params": r.params,
+                        "macs": r.macs, "nonzero_macs": r.nonzero_macs,
+                        "counted": r.counted, "note": r.note} for r in self.rows],
+            "total": {"params": self.params, "macs": self.macs,
+                      "nonzero_macs": self.nonzero_macs,
+                      "not_counted": list(self.not_counted)},
+        }
+        if self.reference is not None:
+            out["reference"] = {
+                "params": self.reference.params, "macs": self.reference.macs,
+                "nonzero_macs": self.reference.nonzero_macs,
+                "params_ratio": self.params_ratio, "macs_ratio": self.macs_ratio,
+                "nonzero_macs_ratio": self.nonzero_macs_ratio}
+        return out
+
+    def __str__(self):
+        header = ("layer", "type", "params", "MACs", "non-zero MACs", "note")
+        lines = [(r.layer, r.type, f"{r.params:,}",
+                  f"{r.macs:,}" if r.counted else "not counted",
+                  f"{round(r.nonzero_macs):,}" if r.counted else "-", r.note)
+                 for r in self.rows]
+        total = ("TOTAL", "", f"{self.params:,}", f"{self.macs:,}",
+                 f"{round(self.nonzero_macs):,}",
+                 f"{len(self.not_counted)} layer(s) not counted" if self.not_counted else "")
+        widths = [max(len(x) for x in col) for col in zip(header, total, *lines)]
+        fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+        rule = "  ".join("-" * w for w in widths)
+        out = [fmt.format(*header).rstrip(), rule]
+        out += [fmt.format(*line).rstrip() for line in lines]
+        out += [rule, fmt.format(*total).rstrip()]
+        if self.reference is not None:
+            ref = self.reference
+            out.append(
+                f"vs reference: params {self.params:,} / {ref.params:,} = "
+                f"{_fmt_ratio(self.params_ratio)}, MACs {self.macs:,} / {ref.macs:,} = "
+                f"{_fmt_ratio(self.macs_ratio)}, non-zero MACs "
+                f"{_fmt_ratio(self.nonzero_macs_ratio)}")
+        return "\n".join(out)
+
+
+def _fmt_ratio(r):
+    return "n/a" if r is None else f"{r:.3f}x"
+
+
+# Shapes -------------------------------------------------------------------------------
+def _shape(tensor_or_shape):
+    shape = getattr(tensor_or_shape, "shape", tensor_or_shape)
+    return tuple(None if d is None else int(d) for d in shape)
+
+
+def _known(shape, skip_batch=True):
+    dims = shape[1:] if skip_batch else shape
+    return all(d is not None for d in dims)
+
+
+def _prod(values):
+    return math.prod(int(v) for v in values)
+
+
+def _spatial(layer, shape):
+    """Spatial dims of a conv input/output shape (batch and channels dropped)."""
+    if getattr(layer, "data_format", "channels_last") == "channels_first":
+        return shape[2:]
+    return shape[1:-1]
+
+
+# Per-layer counting -------------------------------------------------------------------
+class _NotCounted(Exception):
+    pass
+
+
+def _einsum_macs(equation, input_shape, kernel_shape):
+    """MACs of ``einsum(equation, x, kernel)`` for one example (x's axis 0 = batch)."""
+    lhs, _ = equation.split("->")
+    in_spec, kernel_spec = lhs.split(",")
+    shape = (1,) + tuple(input_shape[1:])
+    sizes, ellipsis = {}, 1
+    if "..." in in_spec:
+        before, after = in_spec.split("...")
+        n_ellipsis = len(shape) - len(before) - len(after)
+        ellipsis = _prod(shape[len(before):len(before) + n_ellipsis])
+        in_spec = before + after
+        shape = shape[:len(before)] + shape[len(before) + n_ellipsis:]
+    for letter, dim in list(zip(in_spec, shape)) + list(zip(kernel_spec, kernel_shape)):
+        if dim is None:
+            raise _NotCounted("unknown input size")
+        sizes[letter] = int(dim)
+    return _prod(sizes.values()) * ellipsis
+
+
+def _attention_macs(layer, query_shape, value_shape, key_shape):
+    """{projection kernel path: MACs} and the score/sum MACs of MultiHeadAttention."""
+    key_shape = key_shape or value_shape
+    for s in (query_shape, value_shape, key_shape):
+        if not _known(s):
+            raise _NotCounted("unknown sequence length")
+    weight = {}
+    for dense, shape in ((layer.query_dense, query_shape), (layer.key_dense, key_shape),
+                         (layer.value_dense, value_shape)):
+        weight[dense.kernel.path] = _einsum_macs(dense.equation, shape, dense.kernel.shape)
+    heads, key_dim = layer.num_heads, layer.key_dim
+    value_dim = layer.value_dim or key_dim
+    q_positions = _prod(query_shape[1:-1])
+    k_positions = _prod(key_shape[1:-1])
+    other = heads * q_positions * k_positions * (key_dim + value_dim)
+    out = layer.output_dense
+    proj_shape = (None,) + tuple(query_shape[1:-1]) + (heads, value_dim)
+    weight[out.kernel.path] = _einsum_macs(out.equation, proj_shape, out.kernel.shape)
+    return weight, other
+
+
+def _count(layer, in_shapes, out_shapes):
+    """({kernel path: MACs}, other MACs) of one call of ``layer``.
+
+    Raises:
+        _NotCounted: the layer type is unknown or a needed size is unknown.
+    """
+    x, y = in_shapes[0] if in_shapes else None, out_shapes[0] if out_shapes else None
+
+    def need(*shapes):
+        for s in shapes:
+            if s is None or not _known(s):
+                raise _NotCounted("unknown input size")
+
+    if isinstance(layer, L.Dense):
+        need(x, y)
+        return {layer.kernel.path: _prod(y[1:-1]) * _prod(layer.kernel.shape)}, 0
+    if isinstance(layer, L.EinsumDense):
+        need(x)
+        return {layer.kernel.path: _einsum_macs(layer.equation, x, layer.kernel.shape)}, 0
+    if isinstance(layer, _SEPARABLE):
+        need(y)
+        positions = _prod(_spatial(layer, y))
+        return {layer.depthwise_kernel.path: positions * _prod(layer.depthwise_kernel.shape),
+                layer.pointwise_kernel.path: positions * _prod(layer.pointwise_kernel.shape)}, 0
+    if isinstance(layer, _CONVS + _DEPTHWISE):
+        need(y)
+        return {layer.kernel.path: _prod(_spatial(layer, y)) * _prod(layer.kernel.shape)}, 0
+    if isinstance(layer, _TRANSPOSES):
+        need(x)
+        return {layer.kernel.path: _prod(_spatial(layer, x)) * _prod(layer.kernel.shape)}, 0
+    if isinstance(layer, L.Embedding):
+        return {}, 0
+    if isinstance(layer, L.MultiHeadAttention):
+        if len(in_shapes) < 2:
+            raise _NotCounted("query and value shapes unknown")
+        return _attention_macs(layer, in_shapes[0], in_shapes[1],
+                               in_shapes[2] if len(in_shapes) > 2 else None)
+    if isinstance(layer, _RNNS):
+        need(x)
+        steps, cell = x[1], layer.cell
+        return {cell.kernel.path: steps * _prod(cell.kernel.shape),
+                cell.recurrent_kernel.path: steps * _prod(cell.recurrent_kernel.shape)}, 0
+    if isinstance(layer, L.Bidirectional):
+        weight, other = {}, 0
+        for half in (layer.forward_layer, layer.backward_layer):
+            w, o = _count(half, in_shapes[:1], [None])
+            weight.update(w)
+            other += o
+        return weight, other
+    if isinstance(layer, L.TimeDistributed):
+        need(x, y)
+        w, o = _count(layer.layer, [(None,) + x[2:]], [(None,) + y[2:]])
+        return {k: v * x[1] for k, v in w.items()}, o * x[1]
+    if isinstance(layer, _PER_ELEMENT):
+        need(y)
+        return {}, _prod(y[1:])
+    raise _NotCounted(f"no MAC rule for {type(layer).__name__}")
+
+
+def _density(variable, mask=None):
+    values = ops.convert_to_numpy(variable)
+    if mask is not None:
+        values = values * ops.convert_to_numpy(mask)
+    return np.count_nonzero(values) / values.size if values.size else 1.0
+
+
+def _row(name, layer, calls):
+    """The `LayerFlops` of ``layer`` (a wrapper is seen through)."""
+    masks = {}
+    if isinstance(layer, PruneLowMagnitude):
+        masks = {id(w): m for w, m in zip(layer.pruned_weights, layer.masks)}
+        layer = layer.layer
+    params = sum(_prod(w.shape) for w in layer.weights)
+    try:
+        weight, other = {}, 0
+        for ins, outs in calls:
+            w, o = _count(layer, ins, outs)
+            for path, macs in w.items():
+                weight[path] = weight.get(path, 0) + macs
+            other += o
+    except _NotCounted as e:
+        return LayerFlops(layer=name, type=type(layer).__name__, params=params,
+                          macs=None, nonzero_macs=None, note=f"not counted: {e}")
+    by_path = {w.path: w for w in layer.weights}
+    nonzero = other + sum(macs * _density(by_path[path], masks.get(id(by_path[path])))
+                          for path, macs in weight.items())
+    note = "pruning wrapper" if masks else ""
+    return LayerFlops(layer=name, type=type(layer).__name__, params=params,
+                      macs=int(other + sum(weight.values())), nonzero_macs=float(nonzero),
+                      weight_macs=tuple(weight.items()), note=note)
+
+
+def _is_model(layer):
+    return isinstance(layer, keras.Model) or (
+        hasattr(layer, "layers") and not isinstance(layer, PruneLowMagnitude)
+        and type(layer).__name__ in ("Functional", "Sequential"))
+
+
+def _node_calls(model):
+    """{id(layer): (layer, [(input shapes, output shapes) per call])} in graph order."""
+    calls = {}
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            op = node.operation
+            if isinstance(op, L.InputLayer) or node.is_input:
+                continue
+            args = node.arguments
+            if isinstance(op, L.MultiHeadAttention) or (
+                    isinstance(op, PruneLowMagnitude)
+                    and isinstance(op.layer, L.MultiHeadAttention)):
+                ins = _attention_inputs(args)
+            else:
+                ins = [_shape(t) for t in args.keras_tensors]
+            outs = [_shape(t) for t in node.output_tensors]
+            calls.setdefault(id(op), (op, []))[1].append((ins, outs))
+    return calls
+
+
+def _attention_inputs(args):
+    """[query, value, key] shapes of a MultiHeadAttention call."""
+    names = ("query", "value", "key")
+    values = list(args.args) + [None] * 3
+    found = {n: args.kwargs.get(n, values[i]) for i, n in enumerate(names)}
+    return [_shape(found[n]) for n in names if hasattr(found[n], "shape")]
+
+
+def _build_shapes(layer):
+    """(input shapes, output shapes) from the shapes ``layer`` was built with."""
+    shapes = getattr(layer, "_build_shapes_dict", None) or {}
+    ins = [tuple(s) for s in shapes.values() if isinstance(s, (tuple, list))
+           and all(d is None or isinstance(d, int) for d in s)]
+    if not ins:
+        return None
+    try:
+        out = layer.compute_output_shape(*ins)
+    except Exception:  # noqa: BLE001 - many layers cannot infer shapes alone
+        out = None
+    return ins, [_shape(out)] if out is not None and not isinstance(out, (list, dict)) \
+        else [None]
+
+
+def _sequential_calls(model):
+    """The compute_output_shape chain of a Sequential model without a graph."""
+    build = getattr(model, "_build_shapes_dict", None) or {}
+    shape = next(iter(build.values()), None)
+    if shape is None:
+        return None
+    calls, shape = {}, _shape(shape)
+    for layer in model.layers:
+        out = _shape(layer.compute_output_shape(shape))
+        calls[id(layer)] = (layer, [([shape], [out])])
+        shape = out
+    return calls
+
+
+def _layer_calls(model):
+    if getattr(model, "_nodes_by_depth", None) and hasattr(model, "_operations"):
+        return _node_calls(model)
+    functional = getattr(model, "_functional", None)
+    if functional is not None:
+        return _node_calls(functional)
+    return _sequential_calls(model) if isinstance(model, keras.Sequential) else None
+
+
+def _rows(model, prefix=""):
+    rows = []
+    calls = _layer_calls(model)
+    if calls is None:  # subclassed model: each layer once, at its build shapes
+        calls = {}
+        for layer in model.layers:
+            shapes = _build_shapes(layer)
+            calls[id(layer)] = (layer, [shapes] if shapes else [])
+    for layer, layer_calls in calls.values():
+        name = prefix + (layer.layer.name if isinstance(layer, PruneLowMagnitude)
+                         else layer.name)
+        if _is_model(layer):
+            rows.extend(_rows(layer, prefix=name + "/"))
+            continue
+        inner = layer.layer if isinstance(layer, PruneLowMagnitude) else layer
+        if not inner.weights and not isinstance(inner, _UNCOUNTED_MATMULS):
+            continue
+        if not layer_calls:
+            rows.append(LayerFlops(layer=name, type=type(inner).__name__,
+                                   params=sum(_prod(w.shape) for w in inner.weights),
+                                   macs=None, nonzero_macs=None,
+                                   note="not counted: input size unknown"))
+            continue
+        rows.append(_row(name, layer, layer_calls))
+    return rows
+
+
+def flops_report(model, reference=None):
+    """Per layer and total parameters and MACs of one example.
+
+    Counts Dense, EinsumDense, Conv1D/2D/3D and their transposes,
+    DepthwiseConv, SeparableConv, MultiHeadAttention, LSTM/GRU/SimpleRNN,
+    normalizations and Embedding (0 MACs), through pruning wrappers and nested
+    models; the conventions are in this module's docstring. Also counts the
+    MACs of non-zero weights only (what a sparse kernel could spend). A layer
+    that owns weights but cannot be counted is listed as "not counted" and
+    left out of the totals (``report.not_counted`` names them).
+
+    Args:
+        model: a built Keras model (Functional, Sequential, nested, pruned
+            or stripped).
+        reference: optional built model to compare with (e.g. the dense model
+            before pruning or materialization); the report then has
+            ``params_ratio``, ``macs_ratio`` and ``nonzero_macs_ratio``.
+
+    Returns:
+        A `FlopsReport` (``print()`` it for a table, ``.to_dict()`` for data,
+        ``.macs`` / ``.params`` / ``.nonzero_macs`` for totals).
+
+    Raises:
+        ValueError: ``model`` (or ``reference``) is not a Keras model or is
+            not built.
+
+    Example:
+        >>> model = keras.Sequential([keras.Input((28, 28, 1)),
+        ...     keras.layers.Conv2D(8, 3), keras.layers.Flatten(),
+        ...     keras.layers.Dense(10)])
+        >>> report = kg.flops_report(model)
+        >>> report.macs    # 26*26*3*3*1*8 + 5408*10
+        102752
+    """
+    rows = tuple(_rows(_check_model(model, "model")))
+    ref = None
+    if reference is not None:
+        ref = FlopsReport(rows=tuple(_rows(_check_model(reference, "reference"))))
+    return FlopsReport(rows=rows, reference=ref)
+
+
+def _check_model(model, what):
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"flops_report: `{what}` must be a keras.Model; received "
+                         f"{model!r} of type {type(model).__name__}.")
+    if not model.built:
+        raise ValueError(
+            f"flops_report: {what} {model.name!r} is not built, so its layer shapes "
+            "are unknown. Build it first: give it an input (keras.Input(shape) as "
+            "the first layer), call model.build((None, ...)), or call it on data.")
+    return model
