@@ -144,8 +144,7 @@ class UpdatePruningStep(keras.callbacks.Callback):
                     f"Model {model.name!r} was prepared by keras_gap.prune_gap (layer "
                     f"{w.name!r} has a {type(w.pruning_schedule).__name__}): train it "
                     f"with keras_gap.{required}() instead of {type(self).__name__}: "
-                    f"model.fit(..., epochs=keras_gap.gap_total_epochs(model), "
-                    f"callbacks=[keras_gap.{required}()]).")
+                    f"model.fit(..., callbacks=[keras_gap.{required}()]).")
 
     def _setup_groups(self, model):
         """Global scope / distributions / gradient criteria (FGGP)."""

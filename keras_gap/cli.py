@@ -3,6 +3,7 @@
 Examples:
     keras-gap report model.keras            # per-weight sparsity of a Keras model
     keras-gap report model.tflite --json    # how a .tflite stores its weights
+    keras-gap report --flops small.keras --reference dense.keras   # params and MACs
     keras-gap export model.keras --tflite out.tflite
     keras-gap export model.keras --tflite out_int8.tflite --quantize int8 \\
         --calibration calib.npy
@@ -51,6 +52,11 @@ def _build_parser():
         "(keras_gap.export.inspect_tflite).")
     rep.add_argument("path", help="a .keras (or .h5) model or a .tflite file")
     rep.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    rep.add_argument("--flops", action="store_true",
+                     help="for a .keras model: parameters and MACs per layer, and the "
+                     "MACs of its non-zero weights (keras_gap.flops_report)")
+    rep.add_argument("--reference", metavar="REF.keras",
+                     help="with --flops: a model to compare with (ratios of params and MACs)")
 
     exp = sub.add_parser(
         "export", help="strip pruning wrappers and export (TFLite, SavedModel, ONNX)",
@@ -92,9 +98,29 @@ def _load(path):
         raise CLIError(str(e)) from None
 
 
+def _flops(args):
+    path = args.path
+    if path.endswith(".tflite"):
+        raise CLIError(f"--flops counts a Keras model; {path} is a .tflite file "
+                       "(give the .keras model it was exported from)")
+    model = _load(path)
+    reference = _load(args.reference) if args.reference else None
+    import keras_gap
+    try:
+        report = keras_gap.flops_report(model, reference=reference)
+    except ValueError as e:
+        raise CLIError(str(e).splitlines()[0]) from None
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report)
+    return 0
+
+
 def _report(args):
     path = args.path
     _require_file(path)
+    if args.reference and not args.flops:
+        raise CLIError("--reference applies to --flops only")
+    if args.flops:
+        return _flops(args)
     if path.endswith(".tflite"):
         from keras_gap.export import inspect_tflite
         try:

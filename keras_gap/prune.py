@@ -92,8 +92,10 @@ def prune_low_magnitude(to_prune, pruning_schedule=None, block_size=(1, 1),
     Args:
         to_prune: a Keras layer, a list of layers, or a Sequential / Functional
             model (nested models included).
-        pruning_schedule: `PruningSchedule` (or tf-mot schedule); default
-            ``ConstantSparsity(0.5, begin_step=0)``.
+        pruning_schedule: `PruningSchedule` (or tf-mot schedule). None (the
+            default) uses tf-mot's default, ``ConstantSparsity(0.5,
+            begin_step=0)``: 50% sparsity from the first step, masks updated
+            every 100 steps.
         block_size: block of the weight matrix pruned as a unit, e.g. (4, 1)
             for TFLite's sparse float FULLY_CONNECTED kernel.
         block_pooling_type: "AVG" or "MAX".

@@ -44,8 +44,7 @@ _MISSING_GAP_CALLBACK = (
     "PruneLowMagnitude layer {name!r} was called with training=True but the "
     "`keras_gap.GaPCallback()` callback is not active. This model was prepared by "
     "keras_gap.prune_gap: pass GaPCallback (not UpdatePruningStep) to fit: "
-    "model.fit(..., epochs=keras_gap.gap_total_epochs(model), "
-    "callbacks=[keras_gap.GaPCallback()])."
+    "model.fit(..., callbacks=[keras_gap.GaPCallback()])."
 )
 
 

@@ -125,3 +125,31 @@ def test_usage_error_exits_2(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["export", "m.keras", "--quantize", "int4"])
     assert e.value.code == 2
+
+
+def test_report_flops_table_json_and_reference(files, capsys):
+    path = str(files / "pruned.keras")
+    assert cli.main(["report", "--flops", path]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split()[:4] == ["layer", "type", "params", "MACs"]
+    macs = DIM * 64 + 64 * 4
+    assert "TOTAL" in out and f"{macs:,}" in out
+    assert cli.main(["report", "--flops", path, "--json", "--reference", path]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["total"]["macs"] == macs
+    assert data["total"]["nonzero_macs"] < 0.15 * macs     # pruned to 90%
+    assert data["reference"]["macs_ratio"] == 1.0
+
+
+@pytest.mark.parametrize("args,message", [
+    (["report", "--flops", "{root}/m.tflite"], "is a .tflite file"),
+    (["report", "{root}/pruned.keras", "--reference", "{root}/pruned.keras"],
+     "--reference applies to --flops only"),
+    (["report", "--flops", "{root}/notes.keras"], ""),
+])
+def test_report_flops_bad_input_one_line_error(files, capsys, args, message):
+    (files / "m.tflite").write_bytes(b"0123456789")
+    code = cli.main([a.format(root=files) for a in args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0
+    assert len(err) == 1 and err[0].startswith("keras-gap: error:") and message in err[0]

@@ -144,7 +144,9 @@ def prune_gap(model, target_sparsity=0.9, num_partitions=4, epochs_per_step=None
     all_names = {l.name for l in model._flatten_layers(include_self=False)}
     unknown = [n for n in keep_dense if n not in all_names]
     if unknown:
-        raise ValueError(f"`keep_dense` names layers that are not in the model: {unknown}.")
+        existing = [l.name for l, _ in prunable_layers(model, skip_unsupported=True)]
+        raise ValueError(f"`keep_dense` names layers that are not in the model: {unknown}. "
+                         f"Prunable layers of model {model.name!r}: {existing}.")
 
     if unsupported_layers not in ("error", "keep_dense"):
         raise ValueError("`unsupported_layers` must be 'error' or 'keep_dense'; received "
