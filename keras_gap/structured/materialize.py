@@ -79,6 +79,10 @@ class MaterializeReport:
 
 
 # Per-type helpers ------------------------------------------------------------------
+def _np(x):
+    return np.asarray(keras.ops.convert_to_numpy(x))
+
+
 def _kind(layer):
     """"dense", "conv", "conv_t", "separable", or None (not a producer)."""
     if not graph_lib.is_producer(layer):
@@ -96,8 +100,8 @@ def _out_kernel(layer):
     """(kernel as numpy, output-channel axis) of a producer."""
     kind = _kind(layer)
     if kind == "separable":
-        return np.asarray(layer.pointwise_kernel), -1
-    return np.asarray(layer.kernel), (-2 if kind == "conv_t" else -1)
+        return _np(layer.pointwise_kernel), -1
+    return _np(layer.kernel), (-2 if kind == "conv_t" else -1)
 
 
 def _zero_channels(layer):
@@ -108,7 +112,7 @@ def _zero_channels(layer):
 
 def _bias(layer):
     b = getattr(layer, "bias", None)
-    return None if b is None else np.asarray(b)
+    return None if b is None else _np(b)
 
 
 def _spatial_one(layer):
@@ -129,15 +133,15 @@ def _fold_delta(layer, const):
     """Bias change of ``layer`` when its inputs are the constants ``const``."""
     kind = _kind(layer)
     if kind == "dense":
-        return const @ np.asarray(layer.kernel)
+        return const @ _np(layer.kernel)
     if kind == "conv":
-        k = np.asarray(layer.kernel)
+        k = _np(layer.kernel)
         return const @ k.reshape(-1, k.shape[-2], k.shape[-1]).sum(axis=0)
-    dw = np.asarray(layer.depthwise_kernel)
+    dw = _np(layer.depthwise_kernel)
     m = dw.shape[-1]
     dw_sum = dw.reshape(-1, dw.shape[-2], m).sum(axis=0)      # [cin, m]
     inner = (const[:, None] * dw_sum).reshape(-1)              # [cin * m]
-    pw = np.asarray(layer.pointwise_kernel)
+    pw = _np(layer.pointwise_kernel)
     return inner @ pw.reshape(-1, pw.shape[-1])
 
 
@@ -145,8 +149,8 @@ def _apply_elementwise(layer, const):
     known = ~np.isnan(const)
     if not known.any():
         return const
-    values = np.asarray(layer(np.nan_to_num(const)[None].astype(np.float32),
-                              training=False)).reshape(-1)
+    values = _np(layer(np.nan_to_num(const)[None].astype(np.float32),
+                       training=False)).reshape(-1)
     return np.where(known, values, np.nan)
 
 
@@ -155,12 +159,12 @@ def _follow_const(layer, ins, graph, out_len):
     x = ins[0]
     if isinstance(layer, L.BatchNormalization):
         c = x.shape[0]
-        gamma = np.asarray(layer.gamma) if layer.gamma is not None else np.ones(c)
-        beta = np.asarray(layer.beta) if layer.beta is not None else np.zeros(c)
-        mean, var = np.asarray(layer.moving_mean), np.asarray(layer.moving_variance)
+        gamma = _np(layer.gamma) if layer.gamma is not None else np.ones(c)
+        beta = _np(layer.beta) if layer.beta is not None else np.zeros(c)
+        mean, var = _np(layer.moving_mean), _np(layer.moving_variance)
         return (x - mean) / np.sqrt(var + layer.epsilon) * gamma + beta
     if isinstance(layer, graph_lib._DEPTHWISE):
-        k = np.asarray(layer.kernel)
+        k = _np(layer.kernel)
         m = k.shape[-1]
         ksum = k.reshape(-1, k.shape[-2], m)
         total = ksum.sum(axis=0)                                  # [cin, m]
@@ -326,7 +330,10 @@ def _constants(graph, candidates):
         if graph_lib.is_producer(layer):
             classes = graph.maps[id(layer)]["out"]
             b = _bias(layer)
-            value = b if b is not None else np.zeros(len(classes))
+            value = b if b is not None else np.zeros(len(classes), np.float32)
+            act = getattr(layer, "activation", None)
+            if act is not None:  # the producer's own activation of its bias
+                value = _np(act(keras.ops.convert_to_tensor(value[None]))).reshape(-1)
             consts[out_keys[0]] = np.where(np.isin(classes, list(candidates)), value, np.nan)
             continue
         if any(ids is None for ids in out_ids) or graph_lib.FOLLOWER not in graph.roles.get(
@@ -421,13 +428,13 @@ def _rebuild(model, graph, removed):
     for layer in model._flatten_layers(include_self=False):  # untraced layers
         lid = id(layer)
         if lid in new_layers and lid not in graph.layers and new_layers[lid] is not layer:
-            new_layers[lid].set_weights(layer.get_weights())
+            new_layers[lid].set_weights([_np(v) for v in layer.weights])
     return new_model
 
 
 def _set_weights(old, new, out_keep, in_keep, fold):
     """Copies ``old``'s weights into ``new``, sliced to the kept channels."""
-    values = {v.name: np.asarray(v) for v in old.weights}
+    values = {v.name: _np(v) for v in old.weights}
     kind = _kind(old)
     ok = (lambda a, axis=-1: a if out_keep is None else np.compress(out_keep, a, axis=axis))
     ik = (lambda a, axis: a if in_keep is None else np.compress(in_keep, a, axis=axis))
