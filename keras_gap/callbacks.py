@@ -127,12 +127,40 @@ class UpdatePruningStep(keras.callbacks.Callback):
                     f"Pruning layer {w.name!r} is not built; build the model "
                     "(call it on data or give it an Input) before fit.")
             w.step_callback_active = True
+        self._recover_from_failed_fit(model)
         self.step = int(ops.convert_to_numpy(self.wrappers[0].pruning_step))
         _restore_train_function(model)
         self._steps_per_execution = int(getattr(model, "steps_per_execution", 1) or 1)
         self.sparsity = overall_sparsity(self.wrappers)
         self._setup_groups(model)
         self._channel_plan = pruning_groups.channel_plan(model, self.wrappers)
+
+    def _recover_from_failed_fit(self, model):
+        """After a fit without the callback failed while tracing the training step.
+
+        The half-traced step cannot be reused (TensorFlow: "Creating variables
+        on a non-first call"): start a fresh one. Under JAX, Keras detached the
+        variables' values for that step and they are gone: say so.
+        """
+        failed = [w for w in self.wrappers if getattr(w, "_missing_callback_raised", False)]
+        if not failed:
+            return
+        for w in failed:
+            object.__setattr__(w, "_missing_callback_raised", False)
+        if keras.backend.backend() == "jax":
+            lost = [v.path for v in model.variables if getattr(v, "_value", 0) is None]
+            if lost:
+                raise RuntimeError(
+                    f"The weights of model {model.name!r} were lost when the earlier fit "
+                    "without the pruning callback failed: under JAX, Keras detaches the "
+                    f"variables during a training step ({len(lost)} variables, e.g. "
+                    f"{lost[0]!r}). Rebuild the model (or reload it from a file), then fit "
+                    f"with callbacks=[keras_gap.{type(self).__name__}()].")
+        if getattr(model.train_function, "_keras_gap_guard", False):
+            return  # _restore_train_function builds a fresh step
+        object.__setattr__(model, _STASH, None)
+        model.train_function = None
+        model.make_train_function()
 
     def _check_schedules_are_driven_here(self, model):
         """A schedule that names another callback (GaP's) is an error here."""

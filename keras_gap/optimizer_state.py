@@ -2,8 +2,9 @@
 
 Masks change outside the compiled training step. To keep removed weights at
 exactly zero, their optimizer slots are zeroed when they are removed; GaP can
-also reset the slots of regrown weights (``reset_optimizer="regrown"``) or of
-all weights (``"all"``). Works for every built-in Keras 3 optimizer: slots are
+also reset the slots of regrown weights (``reset_optimizer="regrown"``), of
+all weights (``"all"``), or restart the optimizer as a fresh one (``"fresh"``,
+`restart`). Works for every built-in Keras 3 optimizer: slots are
 found as the optimizer's per-variable lists (``_momentums``, ``_velocities``,
 ``momentums``, ...) at the variable's index.
 """
@@ -74,3 +75,35 @@ def reset_slots(optimizer, variable):
     for slot in slots:
         slot.assign(ops.zeros(tuple(slot.shape), slot.dtype))
     return len(slots)
+
+
+def restart(optimizer, variables):
+    """Puts ``optimizer`` in the state of a freshly built one for ``variables``.
+
+    Every slot of every variable is zeroed and the step counter
+    (``optimizer.iterations``) goes back to 0, so Adam's bias correction and
+    any `keras.optimizers.schedules.LearningRateSchedule` start over: the next
+    update is the one a new optimizer of the same config would make. Nadam's
+    running momentum product is reset to 1. A `LossScaleOptimizer` keeps its
+    current loss scale (restarting it would only cost skipped steps).
+
+    Args:
+        optimizer: a Keras 3 optimizer (or LossScaleOptimizer), or None.
+        variables: the model's trainable variables.
+
+    Returns:
+        Number of slot variables reset.
+
+    Example:
+        >>> restart(model.optimizer, model.trainable_variables)
+        >>> int(model.optimizer.iterations)
+        0
+    """
+    opt = _base_optimizer(optimizer)
+    if opt is None or not getattr(opt, "built", False):
+        return 0
+    count = sum(reset_slots(opt, v) for v in variables)
+    opt.iterations.assign(0)
+    if isinstance(getattr(opt, "_u_product", None), keras.Variable):  # Nadam
+        opt._u_product.assign(1.0)
+    return count

@@ -215,6 +215,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
     def call(self, inputs, *args, training=None, **kwargs):
         if training:
             if not self.step_callback_active:
+                # Read by the next UpdatePruningStep: the compiled step failed.
+                object.__setattr__(self, "_missing_callback_raised", True)
                 raise missing_callback_error(self.name, self.pruning_schedule)
             self.pruning_step.assign(self.pruning_step + 1)
         originals = []
