@@ -202,10 +202,13 @@ class UpdatePruningStep(keras.callbacks.Callback):
         # tf-mot's numbering: the batch about to run is step ``self.step + 1``
         # (the first training batch is step 1; ``pruning_step`` counts the
         # batches already run).
+        step = self.step + 1
         due = []
         for w in self.wrappers:
-            should_prune, sparsity = w.pruning_schedule(self.step + 1)
-            if should_prune:
+            should_prune, sparsity = w.pruning_schedule(step)
+            # N:M masks are set at step 1 whatever the schedule (tf-mot), and
+            # recomputed at the schedule's updates.
+            if should_prune or (step == 1 and w.sparsity_m_by_n is not None):
                 due.append((w, sparsity))
         if due:
             self.update_masks(due)

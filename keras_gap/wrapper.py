@@ -20,6 +20,7 @@ How masking works on every backend (see ../shared/REFERENCES.md section 4):
   is saved with the model, so a reloaded model continues at the same step.
 """
 
+import inspect
 import warnings
 
 import keras
@@ -183,11 +184,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             self.channel_axes = [a for _, a in pairs]
         else:
             weights = registry.get_prunable_weights(self.layer, self.prune_depthwise)
-        if not weights:
-            raise ValueError(
-                f"Layer {self.layer.name!r} ({type(self.layer).__name__}) has no "
-                "prunable weights; do not wrap it (prune_low_magnitude on a "
-                "model leaves such layers as they are).")
+        # A layer with nothing to prune (Dropout, Flatten, pooling, norms,
+        # DepthwiseConv unless opted in) is a no-op wrapper, as in tf-mot.
         self._targets = [_find_owner_attribute(self.layer, w) for w in weights]
         self.pruned_weights = list(weights)
         if self.structure != CHANNEL:
@@ -212,6 +210,17 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             mask_lib.block_mask(probe, 0.5, self.block_size, self.block_pooling_type)
 
     # Forward ------------------------------------------------------------------
+    def __call__(self, *args, **kwargs):
+        # Keyword-only calls such as mha(query=x, value=x): the wrapped layer's
+        # first call argument becomes the wrapper's positional input.
+        if not args:
+            first = _first_call_argument(self.layer)
+            for name in (first, "inputs"):
+                if name in kwargs:
+                    args = (kwargs.pop(name),)
+                    break
+        return super().__call__(*args, **kwargs)
+
     def call(self, inputs, *args, training=None, **kwargs):
         if training:
             if not self.step_callback_active:
@@ -315,6 +324,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
 
     def apply_masks(self):
         """Multiplies every pruned weight by its mask (bakes zeros in)."""
+        if not self.built:  # never built (e.g. an unbuilt Sequential): no masks yet
+            return
         for weight, mask in zip(self.pruned_weights, self.masks):
             weight.assign(ops.multiply(weight, mask))
 
@@ -357,6 +368,18 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         config["criterion"] = keras.saving.deserialize_keras_object(
             config["criterion"], custom_objects=custom_objects)
         return cls(layer, **config)
+
+
+def _first_call_argument(layer):
+    """Name of the first argument of ``layer.call`` (``query`` for MHA)."""
+    try:
+        params = list(inspect.signature(layer.call).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if params and params[0].kind in (params[0].POSITIONAL_ONLY,
+                                     params[0].POSITIONAL_OR_KEYWORD):
+        return params[0].name
+    return None
 
 
 def _shift_legacy_schedule(schedule_config, name):

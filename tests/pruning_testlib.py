@@ -68,8 +68,10 @@ def masked_nonzeros(wrapper):
 
 
 def expected_sparsity(schedule, last_step):
-    """Sparsity of the last mask update at a step <= ``last_step`` (or None)."""
-    for step in range(last_step, -1, -1):
+    """Sparsity of the last mask update at a step in [1, ``last_step``] (or None).
+
+    Training steps are numbered from 1 (tf-mot): step 0 never runs."""
+    for step in range(last_step, 0, -1):
         should, sparsity = schedule(step)
         if should:
             return sparsity
@@ -91,16 +93,16 @@ class InvariantChecker(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         model = self.model  # syncs JAX trainer state into the variables
-        step = self.global_batch
+        step = self.global_batch + 1  # tf-mot numbering: the first batch is step 1
         sparsity = expected_sparsity(self.schedule, step)
         for w in collect_wrappers(model):
             bad = masked_nonzeros(w)
             if any(bad):
                 self.failures.append(f"step {step}: {w.name} masked non-zeros {bad}")
             counter = int(np_(w.pruning_step))
-            if counter != step + 1:
+            if counter != step:
                 self.failures.append(
-                    f"step {step}: {w.name}.pruning_step={counter}, expected {step + 1}")
+                    f"step {step}: {w.name}.pruning_step={counter}, expected {step}")
             for weight, (n, kept) in zip(w.pruned_weights, w.mask_counts()):
                 want = n if sparsity is None else mask_lib.num_to_keep(n, sparsity)
                 if kept != want:

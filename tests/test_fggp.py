@@ -231,7 +231,8 @@ def test_fit_fggp_reaches_exact_target_and_stops_at_end_step(scope, distribution
         assert kept == mask_lib.num_to_keep(total, 0.9)
     else:
         assert abs(kept - mask_lib.num_to_keep(total, 0.9)) <= len(wrappers)
-    assert seen[16] == seen[-1] and seen[15] < seen[16]  # last update at step 16
+    # last update at step 16, the 16th batch (tf-mot numbering: the first batch is step 1)
+    assert seen[15] == seen[-1] and seen[14] < seen[15]
     assert pruned.optimizer is opt  # the temporary recorder was removed
     assert history.history["accuracy"][-1] > 0.8
     _check_masked_zero(pruned)
@@ -262,7 +263,7 @@ def test_custom_registered_criterion_in_global_scope():
 
     x, y = _blobs(n=64)
     pruned = kg.prune_low_magnitude(
-        _mlp(), pruning_schedule=kg.ConstantSparsity(0.5, begin_step=0, frequency=1000),
+        _mlp(), pruning_schedule=kg.ConstantSparsity(0.5, begin_step=1, frequency=1000),
         criterion="test_neg_magnitude", scope="global")
     before = [np_(w.pruned_weights[0]).copy() for w in collect_wrappers(pruned)]
     pruned.compile(keras.optimizers.SGD(0.0), LOSS)

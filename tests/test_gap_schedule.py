@@ -12,16 +12,18 @@ def test_schedule_rotation_and_final_phase():
     k, t, rounds = 3, 10, 2
     scheds = [kg.GaPPruningSchedule(p, k, 0.9, rounds=rounds, steps_per_step=t)
               for p in range(k)]
-    for step in range(0, k * rounds * t + 25):
-        j = step // t
+    # tf-mot numbering: the first batch is step 1 = begin_step (boundary 0).
+    for step in range(1, k * rounds * t + 25):
+        j = (step - 1) // t
         grown = j % k if j < k * rounds else None
         for p, s in enumerate(scheds):
             should, sparsity = s(step)
             assert sparsity == (0.0 if p == grown else 0.9), (step, p)
-            at_boundary = step % t == 0 and j <= k * rounds
+            at_boundary = (step - 1) % t == 0 and j <= k * rounds
             involved = j == 0 or (j - 1) % k == p or grown == p
             assert should == (at_boundary and involved), (step, p)
-    assert scheds[0].end_step == k * rounds * t
+    assert scheds[0].end_step == 1 + k * rounds * t
+    assert scheds[0].total_steps() == k * rounds * t  # batches needed (no fine-tuning)
     # Fine-tuning: masks fixed forever after the last boundary.
     assert not any(s(k * rounds * t + 1000)[0] for s in scheds)
 
@@ -29,11 +31,11 @@ def test_schedule_rotation_and_final_phase():
 def test_schedule_only_touches_changing_partitions():
     s = kg.GaPPruningSchedule(2, 4, 0.8, rounds=1, steps_per_step=5)
     # boundary 1: p0 pruned back, p1 grown -> p2 untouched.
-    assert s(5) == (False, 0.8)
+    assert s(6) == (False, 0.8)
     # boundary 2: p1 back, p2 grown
-    assert s(10) == (True, 0.0)
+    assert s(11) == (True, 0.0)
     # boundary 3: p2 back, p3 grown
-    assert s(15) == (True, 0.8)
+    assert s(16) == (True, 0.8)
 
 
 def test_schedule_tensor_steps_match_python_steps():
@@ -61,7 +63,7 @@ def test_epoch_schedule_resolves_to_steps():
     s = kg.GaPPruningSchedule(0, 4, 0.9, rounds=3, epochs_per_step=2, finetune_epochs=4)
     assert s.total_epochs() == 3 * 4 * 2 + 4
     with pytest.raises(ValueError, match="not been resolved"):
-        s(0)
+        s(1)
     r = s.resolve(steps_per_epoch=50)
     assert r.steps_per_step == 100 and r.finetune_steps == 200
     assert r.total_steps() == 12 * 100 + 200
@@ -75,6 +77,8 @@ def test_epoch_schedule_resolves_to_steps():
     (dict(partition=0, num_partitions=2, target_sparsity=0.5, epochs_per_step=0), "epochs_per_step"),
     (dict(partition=0, num_partitions=2, target_sparsity=0.5), "steps_per_step"),
     (dict(partition=0, num_partitions=2, target_sparsity=0.5, steps_per_step=1, method="x"), "method"),
+    (dict(partition=0, num_partitions=2, target_sparsity=0.5, steps_per_step=1, begin_step=0),
+     "begin_step` must be >= 1"),
 ])
 def test_schedule_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -32,7 +32,8 @@ def _fit_and_check(model, x, y, schedule, optimizer, epochs, batch_size, **prune
 @pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
 def test_mlp_gradual_pruning_invariants_every_step(optimizer):
     x, y = blobs(n=320)
-    # 10 steps per epoch, 3 epochs: updates at 0, 3, ..., 18; final 0.8 from step 18.
+    # 10 steps per epoch, 3 epochs (steps 1..30, tf-mot numbering): updates at
+    # 3, 6, ..., 18; final 0.8 from step 18.
     schedule = kg.PolynomialDecay(0.0, 0.8, begin_step=0, end_step=18, frequency=3)
     pruned, history, checker = _fit_and_check(mlp(), x, y, schedule, optimizer,
                                               epochs=3, batch_size=32)
@@ -50,7 +51,8 @@ def test_cnn_constant_sparsity_invariants_every_step(optimizer):
     schedule = kg.ConstantSparsity(0.7, begin_step=2, end_step=10, frequency=4)
     pruned, _, checker = _fit_and_check(small_cnn(), x, y, schedule, optimizer,
                                         epochs=2, batch_size=16)
-    assert checker.seen_sparsities[:2] == [None, None], "no pruning before begin_step"
+    # Steps are numbered from 1 (tf-mot): begin_step=2 is the second batch.
+    assert checker.seen_sparsities[:2] == [None, 0.7], "first pruning at begin_step"
     acc = pruned.evaluate(x, y, verbose=0, return_dict=True)["accuracy"]
     assert acc > 0.5, f"accuracy {acc:.2f} is not better than chance (1/3)"
 

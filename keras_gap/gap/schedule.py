@@ -11,6 +11,10 @@ stay fixed (fine-tuning).
 For a layer in partition ``p`` the schedule returns ``should_prune=True`` only
 at boundaries where ``p`` changes (is grown or pruned back) and at the very
 first step, so the masks of the other sparse partitions stay fixed.
+
+Steps are numbered as in tf-mot: the first training batch is step 1, so the
+default ``begin_step=1`` starts GaP (boundary 0) at the first batch, under
+keras-gap's callbacks and under tf-mot's wrapper alike.
 """
 
 import numbers
@@ -46,7 +50,8 @@ class GaPPruningSchedule(PruningSchedule):
         epochs_per_step: epochs per GaP step (T in epochs).
         finetune_steps: training steps of the final phase (for bookkeeping).
         finetune_epochs: epochs of the final phase (for bookkeeping).
-        begin_step: the step at which GaP starts.
+        begin_step: the step at which GaP starts (boundary 0); >= 1, since
+            the first training batch is step 1 (tf-mot's numbering).
         method: "cgap" or "pgap" (read by `GaPCallback`).
         distribution: how per-layer targets were chosen; "global" makes
             `GaPCallback` re-balance ratios at each prune-back.
@@ -57,9 +62,9 @@ class GaPPruningSchedule(PruningSchedule):
 
     Example:
         >>> s = kg.GaPPruningSchedule(1, 4, 0.9, rounds=2, steps_per_step=100)
-        >>> s(100)   # partition 1 is grown at the first boundary
+        >>> s(101)   # partition 1 is grown at the first boundary
         (True, 0.0)
-        >>> s(200)   # ... and pruned back at the next
+        >>> s(201)   # ... and pruned back at the next
         (True, 0.9)
     """
 
@@ -68,7 +73,7 @@ class GaPPruningSchedule(PruningSchedule):
 
     def __init__(self, partition, num_partitions, target_sparsity, rounds=1,
                  steps_per_step=None, epochs_per_step=None, finetune_steps=0,
-                 finetune_epochs=0, begin_step=0, method="cgap",
+                 finetune_epochs=0, begin_step=1, method="cgap",
                  distribution="uniform", seed=0):
         self.num_partitions = _positive_int("num_partitions", num_partitions)
         if not isinstance(partition, numbers.Integral) or not 0 <= partition < num_partitions:
@@ -89,6 +94,11 @@ class GaPPruningSchedule(PruningSchedule):
                 raise ValueError(f"`{name}` must be an int >= 0; received {value!r}.")
         self.finetune_steps = int(finetune_steps)
         self.finetune_epochs = int(finetune_epochs)
+        if begin_step < 1:
+            raise ValueError(
+                f"`begin_step` must be >= 1; received {begin_step!r}. Training steps "
+                "are numbered from 1 as in tf-mot (the first batch is step 1): "
+                "begin_step=1 starts GaP at the first batch.")
         self.begin_step = int(begin_step)
         if method not in ("cgap", "pgap"):
             raise ValueError(f"`method` must be 'cgap' or 'pgap'; received {method!r}.")
@@ -116,8 +126,12 @@ class GaPPruningSchedule(PruningSchedule):
         return self.num_gap_steps * self.epochs_per_step + self.finetune_epochs
 
     def total_steps(self):
-        """Training steps needed by the whole schedule (after `resolve`)."""
-        return self.end_step + self.finetune_steps
+        """Training steps (batches) needed by the whole schedule (after `resolve`).
+
+        The number of the last batch: the final boundary is the first batch
+        of fine-tuning, at step ``end_step``.
+        """
+        return self.end_step - 1 + self.finetune_steps
 
     def resolve(self, steps_per_epoch):
         """Returns a step-based copy for ``steps_per_epoch`` training steps."""
