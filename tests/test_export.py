@@ -183,7 +183,11 @@ def test_int8_without_representative_dataset_raises(block4_pruned, tmp_path):
 def test_atomic_write_when_conversion_fails(block4_pruned, tmp_path):
     path = tmp_path / "model.tflite"
     path.write_bytes(b"previous version")
-    bad_calibration = np.zeros((8, DIM + 1), "float32")  # wrong input width
+
+    def bad_calibration():  # passes the input check, then breaks inside the converter
+        yield [np.zeros((1, DIM), "float32")]
+        raise RuntimeError("calibration data broke")
+
     with pytest.raises(Exception):
         export.to_tflite(block4_pruned, path, quantize="int8",
                          representative_dataset=bad_calibration, verify=False)

@@ -153,3 +153,66 @@ def as_output_list(y):
     if isinstance(y, (list, tuple)):
         return [np.asarray(v) for v in y]
     return [np.asarray(y)]
+
+
+def _expected_inputs(model):
+    """[(name, shape, dtype)] of the model's inputs, or None when unknown."""
+    inputs = getattr(model, "inputs", None)
+    if not inputs:
+        return None
+    out = []
+    for i, t in enumerate(inputs):
+        name = getattr(t, "name", None) or f"input {i}"
+        out.append((name, tuple(t.shape), str(getattr(t, "dtype", "float32"))))
+    return out
+
+
+def _shape_str(shape):
+    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + \
+        ("," if len(shape) == 1 else "") + ")"
+
+
+def check_input_arrays(model, arrays, what):
+    """Checks arrays against the model's inputs before TFLite sees them.
+
+    A wrong shape would otherwise fail deep inside the converter or the
+    interpreter ("conv.cc: input->dims->size != 4"); this names both shapes.
+
+    Args:
+        model: the `keras.Model` being exported.
+        arrays: the arrays given for its inputs (list, in input order).
+        what: how the user passed them, for the message ("sample_inputs").
+
+    Raises:
+        ValueError: wrong number of arrays, rank, size or dtype, naming what
+            was given and what the model expects.
+    """
+    expected = _expected_inputs(model)
+    if expected is None:
+        return
+    if len(arrays) != len(expected):
+        names = ", ".join(f"{n} {_shape_str(s)}" for n, s, _ in expected)
+        raise ValueError(f"{what} gives {len(arrays)} array(s); the model has "
+                         f"{len(expected)} input(s): {names}.")
+    for array, (name, shape, dtype) in zip(arrays, expected):
+        array = np.asarray(array)
+        got = tuple(array.shape)
+        where = f" for input {name!r}" if len(expected) > 1 else ""
+        matches = len(got) == len(shape) and all(
+            e is None or g == e for g, e in zip(got[1:], shape[1:]))
+        if not matches:
+            hint = ""
+            if len(got) + 1 == len(shape) and shape[-1] == 1 and \
+                    all(e is None or g == e for g, e in zip(got[1:], shape[1:-1])):
+                hint = " Add the channel axis: x[..., None]."
+            elif len(got) == len(shape) - 1 and got == tuple(shape[1:]):
+                hint = " Add the batch axis: x[None]."
+            raise ValueError(f"{what}{where} has shape {_shape_str(got)}; the model "
+                             f"expects {_shape_str(shape)} (first axis: batch).{hint}")
+        kind = array.dtype.kind
+        wants_int = "int" in dtype or "bool" in dtype
+        ok = kind in "biu" if wants_int else kind in "biuf"
+        if not ok:
+            raise ValueError(f"{what}{where} has dtype {array.dtype}; the model expects "
+                             f"{dtype} inputs (numeric arrays"
+                             + (" of integers)." if wants_int else ")."))

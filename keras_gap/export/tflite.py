@@ -138,6 +138,26 @@ def _representative_fn(representative_dataset, max_samples):
     return gen
 
 
+def _check_representative(model, representative_dataset):
+    """Compares the calibration data's first batch with the model's inputs."""
+    data = representative_dataset
+    if data is None:
+        return
+    if callable(data):
+        what, first = "an item of representative_dataset()", next(iter(data()), None)
+    elif hasattr(data, "as_numpy_iterator"):
+        what = "a batch of representative_dataset"
+        first = next(iter(data.take(1).as_numpy_iterator()), None)
+        if isinstance(first, tuple) and len(first) == 2:  # (inputs, labels)
+            first = first[0]
+    else:
+        what, first = "representative_dataset", data
+    if first is None:
+        raise ValueError("representative_dataset is empty; expected calibration samples "
+                         "(a few hundred training inputs).")
+    _common.check_input_arrays(model, _common.as_input_list(first), what)
+
+
 def _sample_from_representative(representative_dataset, limit=64):
     if representative_dataset is None:
         return None
@@ -268,7 +288,9 @@ def to_tflite(model, path, sparse=True, quantize=None, representative_dataset=No
         the size, and the verification result.
 
     Raises:
-        ValueError: bad arguments (unknown ``quantize``, "int8" without data).
+        ValueError: bad arguments (unknown ``quantize``, "int8" without data,
+            ``sample_inputs`` / ``representative_dataset`` whose shape or dtype
+            does not fit the model's inputs: the message gives both shapes).
         TFLiteVerificationError: outputs disagree (nothing is written).
 
     Example:
@@ -288,6 +310,10 @@ def to_tflite(model, path, sparse=True, quantize=None, representative_dataset=No
     if verify is None:
         verify = sample_inputs is not None or representative_dataset is not None
     model = _common.prepare_model(model)
+    if sample_inputs is not None:
+        _common.check_input_arrays(model, _common.as_input_list(sample_inputs),
+                                   "sample_inputs")
+    _check_representative(model, representative_dataset)
 
     if sparse and quantize == "float16":
         # Measured (TF 2.21 / LiteRT 2.3): the converter then stores float16
