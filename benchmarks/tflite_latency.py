@@ -18,9 +18,7 @@ Writes benchmarks/results/tflite_latency.{json,md}.
 import datetime
 import json
 import os
-import statistics
 import tempfile
-import time
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -28,6 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from absl import app, flags  # noqa: E402
 
 from _machine import machine_info  # noqa: E402
+from _timing import time_tflite  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("quick", False, "90% only, few runs (a smoke test)")
@@ -81,31 +80,6 @@ def pruned_copy(build, sparsity, block_size, x):
     pruned.fit(x[:8], y[:8], batch_size=8, epochs=1, verbose=0,
                callbacks=[kg.UpdatePruningStep()])
     return kg.strip_pruning(pruned)
-
-
-def time_tflite(path, x, runs, resolver="auto"):
-    """Median / p10 / p90 milliseconds of `invoke` with one thread."""
-    import numpy as np
-
-    from keras_gap.export import runtime
-
-    interp, resolver, runtime_name, _ = runtime.make_interpreter(
-        path, resolver=resolver, num_threads=1)
-    detail = interp.get_input_details()[0]
-    interp.resize_tensor_input(detail["index"], list(x.shape), strict=False)
-    interp.allocate_tensors()
-    interp.set_tensor(detail["index"], x.astype(detail["dtype"]))
-    for _ in range(max(3, runs // 10)):
-        interp.invoke()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        interp.invoke()
-        times.append((time.perf_counter() - t0) * 1e3)
-    q = np.percentile(times, [10, 90])
-    return {"median_ms": statistics.median(times), "p10_ms": float(q[0]),
-            "p90_ms": float(q[1]), "runs": runs, "resolver": resolver,
-            "runtime": runtime_name}
 
 
 def export_and_measure(model, name, quantize, calib, x1, x64, runs_b1, runs_b64, workdir,

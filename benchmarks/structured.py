@@ -1,0 +1,283 @@
+"""Channel pruning that runs faster: dense vs channel GMP vs channel C-GaP.
+
+One run, same data and budget for every method: a ResNet-style CNN on
+Fashion-MNIST (stride-2 stem, three stages of one basic block each with
+24 / 48 / 96 filters, global average pooling, 10 logits), trained with Adam
+and a cosine learning rate for the same number of steps by
+
+* ``dense``;
+* ``gmp``: ``kg.prune_low_magnitude(structure="channel",
+  pruning_schedule=kg.PolynomialDecay(0, s, 0, 60% of the steps))``, then
+  fine-tuning at ``s``;
+* ``cgap``: ``kg.prune_gap(structure="channel", target_sparsity=s,
+  num_partitions=2, rounds=2)`` over 60% of the steps, then fine-tuning;
+
+at s = 50% and 75% of the channels of every removable group, 3 seeds. Each
+pruned model is stripped and materialized (``kg.materialize``) into a smaller
+dense model; the table reports test accuracy (of the materialized model),
+validation accuracy (images held out from the training set; no choice here
+was made on the test set), parameters, MACs (``kg.flops_report``), training
+MACs relative to dense training (``kg.TrainingCost``), and the latency of the
+materialized model vs the dense one: Keras ``predict_on_batch`` on the CPU at
+batch 1 and 64, and TFLite float32 with one thread at batch 1.
+
+Goals (issue 9): the TFLite speed-up is at least 0.75x the MAC reduction;
+at 50% of the channels the accuracy is within 1 point of dense.
+
+CPU budget: the default run trains 15 models on a subset of the training
+images (``--train_images``, ``--epochs``) to stay under ~25 minutes on two
+shared cores. ``--quick`` is the smoke-test form (one seed, a few steps).
+
+Usage:
+    KERAS_BACKEND=tensorflow python benchmarks/structured.py
+    python benchmarks/structured.py --quick --output_dir /tmp/structured
+
+Writes benchmarks/results/structured.{json,md}.
+"""
+
+import datetime
+import json
+import os
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app, flags  # noqa: E402
+
+from _machine import machine_info  # noqa: E402
+from _timing import time_keras_predict, time_tflite  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_bool("quick", False, "smoke test: one seed, 256 images, one short epoch")
+flags.DEFINE_list("sparsities", ["0.5", "0.75"], "fractions of channels removed")
+flags.DEFINE_list("methods", ["gmp", "cgap"], "pruning methods (dense always runs)")
+flags.DEFINE_integer("seeds", 3, "seeds per configuration")
+flags.DEFINE_integer("train_images", 9000, "training images (the first N of the train split)")
+flags.DEFINE_integer("val_images", 2000, "validation images held out from the end of "
+                     "the train split")
+flags.DEFINE_integer("test_images", None, "test images (default: all 10,000)")
+flags.DEFINE_integer("epochs", 5, "training epochs for every method")
+flags.DEFINE_integer("batch_size", 64, "batch size")
+flags.DEFINE_float("learning_rate", 2e-3, "peak Adam learning rate (cosine decay)")
+flags.DEFINE_integer("latency_runs", 200, "timed runs per latency measurement")
+flags.DEFINE_string("output_dir", os.path.join(os.path.dirname(__file__), "results"),
+                    "where structured.{json,md} go")
+
+PRUNE_FRACTION = 0.6  # share of the steps spent pruning (GMP ramp, GaP steps)
+
+
+def build_model(filters=(24, 48, 96)):
+    """ResNet-style CNN for 28x28x1 inputs (one basic block per stage)."""
+    import keras
+    L = keras.layers
+
+    def conv(x, f, k, s, name):
+        return L.Conv2D(f, k, strides=s, padding="same", use_bias=False,
+                        kernel_initializer="he_normal", name=name)(x)
+
+    inputs = keras.Input((28, 28, 1), name="image")
+    x = L.Rescaling(1 / 255.0, name="scale")(inputs)
+    x = L.ReLU(name="stem_relu")(L.BatchNormalization(name="stem_bn")(
+        conv(x, filters[0], 3, 2, "stem_conv")))
+    for i, f in enumerate(filters, start=1):
+        stride = 1 if i == 1 else 2
+        y = L.ReLU(name=f"s{i}_relu1")(L.BatchNormalization(name=f"s{i}_bn1")(
+            conv(x, f, 3, stride, f"s{i}_conv1")))
+        y = L.BatchNormalization(name=f"s{i}_bn2")(conv(y, f, 3, 1, f"s{i}_conv2"))
+        shortcut = x
+        if stride != 1 or x.shape[-1] != f:
+            shortcut = L.BatchNormalization(name=f"s{i}_short_bn")(
+                conv(x, f, 1, stride, f"s{i}_short"))
+        x = L.ReLU(name=f"s{i}_out")(L.Add(name=f"s{i}_add")([y, shortcut]))
+    x = L.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, L.Dense(10, name="logits")(x), name="resnet_fmnist")
+
+
+def wrap(model, method, sparsity, total_steps):
+    import keras_gap as kg
+    prune_steps = int(PRUNE_FRACTION * total_steps)
+    if method == "dense":
+        return model, []
+    if method == "gmp":
+        schedule = kg.PolynomialDecay(0.0, sparsity, begin_step=0, end_step=prune_steps,
+                                      frequency=max(prune_steps // 10, 1))
+        pruned = kg.prune_low_magnitude(model, pruning_schedule=schedule, structure="channel")
+        return pruned, [kg.UpdatePruningStep()]
+    if method == "cgap":
+        k, rounds = 2, 2
+        per_step = max(prune_steps // (k * rounds), 1)
+        pruned = kg.prune_gap(model, target_sparsity=sparsity, num_partitions=k,
+                              rounds=rounds, steps_per_step=per_step,
+                              finetune_steps=total_steps - k * rounds * per_step,
+                              structure="channel")
+        return pruned, [kg.GaPCallback(verbose=0)]
+    raise ValueError(f"unknown method {method!r}")
+
+
+def accuracy(model, x, y):
+    import numpy as np
+    return float((np.asarray(model.predict(x, batch_size=500, verbose=0)).argmax(-1)
+                  == y).mean())
+
+
+def train_one(method, sparsity, seed, data):
+    import keras
+
+    import keras_gap as kg
+
+    (x, y), (xv, yv), (xt, yt) = data
+    keras.utils.set_random_seed(seed)
+    steps_per_epoch = -(-len(x) // FLAGS.batch_size)
+    total = steps_per_epoch * FLAGS.epochs
+    model, callbacks = wrap(build_model(), method, sparsity, total)
+    cost = kg.TrainingCost()
+    model.compile(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(
+        FLAGS.learning_rate, total)),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    t0 = time.perf_counter()
+    model.fit(x, y, batch_size=FLAGS.batch_size, epochs=FLAGS.epochs, verbose=0,
+              shuffle=True, callbacks=callbacks + [cost])
+    seconds = time.perf_counter() - t0
+    final = model
+    report = None
+    if method != "dense":
+        final, report = kg.materialize(kg.strip_pruning(model), return_report=True)
+    row = {"method": method, "sparsity": sparsity, "seed": seed,
+           "test_accuracy": accuracy(final, xt, yt), "val_accuracy": accuracy(final, xv, yv),
+           "params": final.count_params(), "macs": kg.flops_report(final).macs,
+           "train_macs_ratio": cost.relative, "train_seconds": round(seconds, 1),
+           "channels_removed": (int(sum(report.removed.values())) if report else 0)}
+    return row, final
+
+
+def latency(model, x1, x64, workdir, name):
+    from keras_gap import export
+    path = os.path.join(workdir, name + ".tflite")
+    export.to_tflite(model, path, sparse=False, sample_inputs=x64[:8])
+    runs = FLAGS.latency_runs
+    return {"keras_b1": time_keras_predict(model, x1, runs),
+            "keras_b64": time_keras_predict(model, x64, max(runs // 10, 5)),
+            "tflite_b1": time_tflite(path, x1, runs)}
+
+
+def summarize(rows, lat):
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["sparsity"]), []).append(r)
+    dense = groups[("dense", 0.0)]
+    dense_acc = statistics.mean(r["test_accuracy"] for r in dense)
+    out = []
+    for (method, s), rs in groups.items():
+        acc = [r["test_accuracy"] for r in rs]
+        entry = {"method": method, "sparsity": s, "seeds": len(rs),
+                 "test_accuracy_mean": statistics.mean(acc),
+                 "test_accuracy_std": statistics.pstdev(acc),
+                 "val_accuracy_mean": statistics.mean(r["val_accuracy"] for r in rs),
+                 "accuracy_vs_dense": statistics.mean(acc) - dense_acc,
+                 "params": rs[0]["params"], "macs": rs[0]["macs"],
+                 "macs_reduction": dense[0]["macs"] / rs[0]["macs"],
+                 "train_macs_ratio": statistics.mean(r["train_macs_ratio"] for r in rs)}
+        key = f"{method}_{s}"
+        if key in lat:
+            base = lat["dense_0.0"]
+            entry["latency"] = lat[key]
+            for k in ("keras_b1", "keras_b64", "tflite_b1"):
+                entry[f"{k}_speedup"] = base[k]["median_ms"] / lat[key][k]["median_ms"]
+            entry["tflite_speedup_over_mac_reduction"] = (
+                entry["tflite_b1_speedup"] / entry["macs_reduction"])
+        out.append(entry)
+    return out
+
+
+def markdown(result):
+    m = result["machine"]
+    cfg = result["config"]
+    lines = [
+        "# Channel pruning: dense vs channel GMP vs channel C-GaP (materialized)", "",
+        f"{result['date']}, {m['cpu']} ({m['logical_cores']} logical cores, load average "
+        f"at start {m['load_average_at_start']}), Keras {result['keras']}, backend "
+        f"{result['backend']}. ResNet-style CNN (24/48/96 filters) on Fashion-MNIST: "
+        f"{cfg['train_images']:,} training images, {cfg['val_images']:,} validation images "
+        f"held out from the training split, {cfg['test_images']:,} test images; "
+        f"{cfg['epochs']} epochs at batch {cfg['batch_size']} for every method, "
+        f"{cfg['seeds']} seed(s); pruning over the first {PRUNE_FRACTION:.0%} of the steps, "
+        "then fine-tuning. Accuracy is the materialized model's; latency is the median "
+        f"of {cfg['latency_runs']} runs (seed 0's model), speed-up = dense ms / model ms. "
+        f"Total wall time {result['wall_minutes']:.1f} min on a shared machine.", "",
+        "| method | channels removed | test acc (mean ± std) | vs dense | val acc | params "
+        "| MACs | MAC reduction | train MACs vs dense | Keras b1 speed-up "
+        "| Keras b64 speed-up | TFLite b1 speed-up | TFLite speed-up / MAC reduction |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for e in result["summary"]:
+        lat = e.get("latency")
+        lines.append(
+            f"| {e['method']} | {e['sparsity']:.0%} | {e['test_accuracy_mean']:.4f} ± "
+            f"{e['test_accuracy_std']:.4f} | {e['accuracy_vs_dense'] * 100:+.2f} pts "
+            f"| {e['val_accuracy_mean']:.4f} | {e['params']:,} | {e['macs'] / 1e6:.2f}M "
+            f"| {e['macs_reduction']:.2f}x | {e['train_macs_ratio']:.2f} "
+            + (f"| {e['keras_b1_speedup']:.2f}x ({lat['keras_b1']['median_ms']:.2f} ms) "
+               f"| {e['keras_b64_speedup']:.2f}x ({lat['keras_b64']['median_ms']:.2f} ms) "
+               f"| {e['tflite_b1_speedup']:.2f}x ({lat['tflite_b1']['median_ms']:.3f} ms) "
+               f"| {e['tflite_speedup_over_mac_reduction']:.2f} |" if lat else "| | | | |"))
+    lines += ["", "Goals: TFLite speed-up / MAC reduction >= 0.75; at 50% of the channels "
+              "the test accuracy within 1 point of dense."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv):
+    del argv
+    import keras
+
+    import keras_gap as kg
+    from keras_gap import console
+    console.quiet_third_party()
+
+    if FLAGS.quick:
+        FLAGS.seeds, FLAGS.train_images, FLAGS.val_images = 1, 256, 128
+        FLAGS.test_images, FLAGS.epochs, FLAGS.latency_runs = 256, 1, 10
+    start = time.perf_counter()
+    x, y = kg.datasets.load_numpy("fashion_mnist", "train")
+    xt, yt = kg.datasets.load_numpy("fashion_mnist", "test", limit=FLAGS.test_images)
+    if FLAGS.train_images + FLAGS.val_images > len(x):
+        raise ValueError("--train_images + --val_images exceed the 60,000 training images")
+    data = ((x[:FLAGS.train_images], y[:FLAGS.train_images]),
+            (x[-FLAGS.val_images:], y[-FLAGS.val_images:]), (xt, yt))
+    configs = [("dense", 0.0)] + [(m, float(s)) for s in FLAGS.sparsities
+                                  for m in FLAGS.methods]
+    rows, lat = [], {}
+    x1, x64 = xt[:1].astype("float32"), xt[:64].astype("float32")
+    with tempfile.TemporaryDirectory(prefix="kg_structured_") as workdir:
+        for method, s in configs:
+            for seed in range(FLAGS.seeds):
+                row, final = train_one(method, s, seed, data)
+                rows.append(row)
+                print(f"{method:5s} {s:.2f} seed {seed}: test {row['test_accuracy']:.4f} "
+                      f"val {row['val_accuracy']:.4f} params {row['params']:,} MACs "
+                      f"{row['macs']:,} train MACs {row['train_macs_ratio']:.2f}x "
+                      f"({row['train_seconds']} s)", flush=True)
+                if seed == 0:
+                    lat[f"{method}_{s}"] = latency(final, x1, x64, workdir, f"{method}_{s}")
+                keras.backend.clear_session()
+    result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "machine": machine_info(), "keras": keras.__version__,
+              "backend": keras.backend.backend(), "keras_gap": kg.__version__,
+              "config": {"train_images": FLAGS.train_images, "val_images": FLAGS.val_images,
+                         "test_images": len(xt), "epochs": FLAGS.epochs,
+                         "batch_size": FLAGS.batch_size, "seeds": FLAGS.seeds,
+                         "learning_rate": FLAGS.learning_rate,
+                         "latency_runs": FLAGS.latency_runs, "quick": FLAGS.quick},
+              "rows": rows, "summary": summarize(rows, lat),
+              "wall_minutes": (time.perf_counter() - start) / 60}
+    os.makedirs(FLAGS.output_dir, exist_ok=True)
+    with open(os.path.join(FLAGS.output_dir, "structured.json"), "w") as f:
+        json.dump(result, f, indent=2, default=float)
+    with open(os.path.join(FLAGS.output_dir, "structured.md"), "w") as f:
+        f.write(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    app.run(main)
