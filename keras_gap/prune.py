@@ -166,9 +166,7 @@ def prune_low_magnitude(to_prune, pruning_schedule=None, block_size=(1, 1),
                   criterion=criterion, scope=scope, distribution=distribution,
                   structure=structure, **kwargs)
 
-    if target not in _TARGETS:
-        raise ValueError(f"`target` must be one of {sorted(_TARGETS, key=str)}; "
-                         f"received {target!r}.")
+    _check_target(target)
 
     def wrap(layer):
         if target is None:
@@ -198,6 +196,12 @@ def prune_low_magnitude(to_prune, pruning_schedule=None, block_size=(1, 1),
 
 
 _TARGETS = {None: None, "tflite": 4, "tflite_int8": 16}
+
+
+def _check_target(target):
+    if target not in _TARGETS:
+        raise ValueError(f"`target` must be one of {sorted(_TARGETS, key=str)}; "
+                         f"received {target!r}.")
 
 
 def _target_block(layer, target):

@@ -335,3 +335,16 @@ def test_merge_copies_unit():
     with pytest.raises(ValueError, match="one copy per partition"):
         merge_copies({0: a}, {0: {0}, 1: {1}})
     assert float(merge_copies({0: a}, {0: {0}, 1: {1}}, base=b)[1][0]) == 6.0
+
+
+@pytest.mark.core
+def test_prune_gap_target_tflite_blocks_dense_kernels():
+    pruned = kg.prune_gap(_model(), target_sparsity=0.75, num_partitions=2,
+                          steps_per_step=2, target="tflite")
+    blocks = {w.layer.name: tuple(w.block_size) for w in kg.wrapper.collect_wrappers(pruned)}
+    # Dense kernels whose input size is a multiple of 4 get TFLite's (4, 1)
+    # blocks; convolutions stay unstructured.
+    assert blocks == {"c1": (1, 1), "c2": (1, 1), "d1": (4, 1), "d2": (4, 1)}
+    with pytest.raises(ValueError, match="`target` must be one of.*received 'tpu'"):
+        kg.prune_gap(_model(), target_sparsity=0.75, num_partitions=2, steps_per_step=2,
+                     target="tpu")

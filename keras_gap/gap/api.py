@@ -8,7 +8,8 @@ from keras_gap import registry
 from keras_gap.gap.partition import partition_layers
 from keras_gap.gap.schedule import GaPPruningSchedule
 from keras_gap.masks import validate_sparsity
-from keras_gap.prune import _check_not_pruned, has_prunable_weights, prune_model
+from keras_gap.prune import (_check_not_pruned, _check_target, _target_block,
+                             has_prunable_weights, prune_model)
 from keras_gap.wrapper import PruneLowMagnitude, collect_wrappers
 
 METHODS = ("cgap", "pgap")
@@ -71,7 +72,8 @@ def prune_gap(model, target_sparsity=0.9, num_partitions=4, epochs_per_step=None
               steps_per_step=None, rounds=1, finetune_epochs=0, finetune_steps=0,
               partitioning="balanced", distribution="uniform", keep_dense=None,
               method="cgap", criterion="magnitude", block_size=(1, 1),
-              block_pooling_type="AVG", seed=0, unsupported_layers="error"):
+              block_pooling_type="AVG", seed=0, unsupported_layers="error",
+              target=None):
     """Wraps a model for scheduled grow-and-prune (GaP), in one call.
 
     The prunable layers are split into ``num_partitions`` partitions; each is
@@ -104,6 +106,9 @@ def prune_gap(model, target_sparsity=0.9, num_partitions=4, epochs_per_step=None
             fraction of a grown partition at once, so FGGP needs
             ``rate >= target_sparsity``).
         block_size: block structure, as in `prune_low_magnitude`.
+        target: None, "tflite" or "tflite_int8", as in `prune_low_magnitude`:
+            Dense kernels in the blocks TFLite's sparse kernel runs natively
+            (so the exported model runs faster), other layers unstructured.
         block_pooling_type: "AVG" or "MAX".
         seed: seed of the random initial masks and of "random" partitioning.
         unsupported_layers: "error" (default) or "keep_dense": leave layers
@@ -119,6 +124,8 @@ def prune_gap(model, target_sparsity=0.9, num_partitions=4, epochs_per_step=None
         >>> pruned.fit(ds, epochs=kg.gap_total_epochs(pruned),
         ...            callbacks=[kg.GaPCallback()])
     """
+    _check_target(target)
+    blocks_for = target  # "target" below is the sparsity
     target = validate_sparsity(target_sparsity, "target_sparsity")
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}; received {method!r}.")
@@ -171,7 +178,8 @@ def prune_gap(model, target_sparsity=0.9, num_partitions=4, epochs_per_step=None
             finetune_steps=finetune_steps, finetune_epochs=finetune_epochs,
             method=method, distribution=dist_name, seed=seed)
         return PruneLowMagnitude(layer, pruning_schedule=schedule, criterion=criterion,
-                                 block_size=block_size,
+                                 block_size=_target_block(layer, blocks_for) if blocks_for
+                                 else block_size,
                                  block_pooling_type=block_pooling_type)
 
     pruned = prune_model(model, wrap, pruning_policy=lambda l: l.name in part_of,
