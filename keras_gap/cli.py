@@ -9,8 +9,15 @@ Examples:
         --calibration calib.npy
     keras-gap export model.keras --saved-model out/saved_model --onnx out.onnx
 
-Errors (missing file, not a Keras model, int8 without calibration data, ...)
-print one line to stderr and exit with status 1 (2 for usage errors).
+User mistakes (missing file, not a Keras model, int8 without calibration
+data, calibration samples whose shape does not fit the model, bad flags, ...)
+print one line to stderr and exit with status 2. An unexpected failure prints
+one line and exits with status 1; ``--debug`` shows its traceback instead.
+TensorFlow's C++ logs, the TFLite converter's messages and other third-party
+noise are hidden (`keras_gap.console.quiet_third_party`, from the start of the
+``keras-gap`` command's process); ``--verbose`` shows them. Run as
+``python -m keras_gap.cli``, TensorFlow's import-time lines are hidden only
+with ``KERAS_GAP_QUIET=1`` in the environment.
 """
 
 import argparse
@@ -26,13 +33,27 @@ Convolutions only get a smaller file on x86. See `keras-gap report out.tflite`.
 """
 
 
+USER_ERROR = 2  # like argparse's usage errors
+INTERNAL_ERROR = 1
+
+
 class CLIError(Exception):
-    """A user error reported as one line, exit status 1."""
+    """A user error reported as one line, exit status 2."""
 
 
-def _quiet_tensorflow():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+def _quiet_third_party(verbose):
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    from keras_gap import console
+    console.quiet_third_party(verbose=verbose)
+
+
+def _common_flags():
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow / TFLite / TFDS logs (hidden by default)")
+    common.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error instead of one line")
+    return common
 
 
 def _build_parser():
@@ -44,7 +65,7 @@ def _build_parser():
     sub.required = True
 
     rep = sub.add_parser(
-        "report", help="sparsity of a .keras model, or weight encoding of a .tflite",
+        "report", parents=[_common_flags()], help="sparsity of a .keras model, or weight encoding of a .tflite",
         description="For a .keras model: per prunable weight, its parameters, "
         "non-zeros and sparsity (keras_gap.sparsity_report). For a .tflite file: "
         "per weight tensor, the consuming op, whether it is sparse-encoded, "
@@ -59,7 +80,7 @@ def _build_parser():
                      help="with --flops: a model to compare with (ratios of params and MACs)")
 
     exp = sub.add_parser(
-        "export", help="strip pruning wrappers and export (TFLite, SavedModel, ONNX)",
+        "export", parents=[_common_flags()], help="strip pruning wrappers and export (TFLite, SavedModel, ONNX)",
         description="Strips keras-gap pruning wrappers and writes the requested "
         "formats. TFLite files use the converter's sparse encoding and are "
         "verified against the Keras model (on the calibration data, or on random "
@@ -218,23 +239,33 @@ def main(argv=None):
         argv: argument list (default: ``sys.argv[1:]``).
 
     Returns:
-        Exit status: 0 on success, 1 on a user error (one line on stderr),
-        2 on a usage error (argparse).
+        Exit status: 0 on success, 2 on a user mistake (bad flags, files or
+        data: one line on stderr), 1 on an unexpected failure (one line;
+        ``--debug`` raises it with its traceback).
 
     Example:
         >>> main(["report", "model.keras"])
     """
     parser = _build_parser()
     args = parser.parse_args(argv)
-    _quiet_tensorflow()
+    _quiet_third_party(args.verbose)
     try:
         return _report(args) if args.command == "report" else _export(args)
     except CLIError as e:
+        if args.debug:  # the original exception, with its traceback
+            raise (e.__cause__ or e.__context__ or e) from None
         print(f"keras-gap: error: {e}", file=sys.stderr)
-        return 1
+        return USER_ERROR
     except BrokenPipeError:  # e.g. `keras-gap report m.tflite | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as e:  # pylint: disable=broad-except
+        if args.debug:
+            raise
+        first = str(e).splitlines()[0] if str(e) else ""
+        print(f"keras-gap: internal error: {type(e).__name__}: {first} "
+              "(run again with --debug for the traceback)", file=sys.stderr)
+        return INTERNAL_ERROR
 
 
 if __name__ == "__main__":

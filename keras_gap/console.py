@@ -15,7 +15,8 @@ hide those too, opt in *before* the import, through the environment::
     KERAS_GAP_QUIET=1 python my_script.py     # or os.environ[...] before import
 
 ``import keras_gap`` reads ``KERAS_GAP_QUIET`` first, before it imports Keras
-(and so TensorFlow), and calls `quiet_third_party` when it is "1".
+(and so TensorFlow), and calls `quiet_third_party` when it is "1" (or, without
+the variable, in the ``keras-gap`` command's own process unless ``--verbose``).
 
 How: native output (C++ ``absl``/TF logs written to file descriptor 2) goes
 through a pipe; a thread forwards every line except the known noise patterns
@@ -206,6 +207,14 @@ def quiet_tfds_if_requested(tfds):
 
 
 def _from_environment():
-    """Called first by ``import keras_gap``: quiet only if ``KERAS_GAP_QUIET=1``."""
-    if os.environ.get(QUIET_ENV) == "1":
+    """Called first by ``import keras_gap``, before Keras and TensorFlow load.
+
+    Quiet only in processes that asked for it: ``KERAS_GAP_QUIET=1``, or the
+    ``keras-gap`` command itself (whose import of keras_gap precedes its own
+    code) unless it was given ``--verbose`` or ``KERAS_GAP_QUIET=0``.
+    """
+    setting = os.environ.get(QUIET_ENV)
+    argv = getattr(sys, "argv", None) or [""]
+    command = os.path.basename(str(argv[0])) in ("keras-gap", "keras-gap.exe")
+    if setting == "1" or (command and setting != "0" and "--verbose" not in argv[1:]):
         quiet_third_party()

@@ -60,7 +60,7 @@ def test_round_trip_subprocess(files, tmp_path):
     assert hidden and hidden[0]["sparse"] and hidden[0]["block"] == [1, 4]
     assert info["densify_ops"] == 0
     bad = _cli("report", tmp_path / "missing.keras")
-    assert bad.returncode == 1
+    assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1] == (
         f"keras-gap: error: no such file: {tmp_path / 'missing.keras'}")
 
@@ -109,7 +109,7 @@ def test_export_int8_with_calibration(files, tmp_path, capsys):
 def test_bad_input_one_line_error(files, capsys, args, message):
     code = cli.main([a.format(root=files) for a in args])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 1
+    assert code == 2
     assert len(err) == 1 and err[0].startswith("keras-gap: error:") and message in err[0]
     assert not (files / "o.tflite").exists()
 
@@ -117,7 +117,7 @@ def test_bad_input_one_line_error(files, capsys, args, message):
 def test_bad_tflite_file(files, tmp_path, capsys):
     bad = tmp_path / "bad.tflite"
     bad.write_bytes(b"0123456789")
-    assert cli.main(["report", str(bad)]) == 1
+    assert cli.main(["report", str(bad)]) == 2
     assert "not a TFLite model" in capsys.readouterr().err
 
 
@@ -153,3 +153,77 @@ def test_report_flops_bad_input_one_line_error(files, capsys, args, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0
     assert len(err) == 1 and err[0].startswith("keras-gap: error:") and message in err[0]
+
+
+# --- issue 14: shapes of user arrays, exit codes, tracebacks, a quiet console ------------
+
+def test_calibration_with_the_wrong_shape_names_both_shapes(files, tmp_path, capsys):
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, np.zeros((16, DIM + 3), "float32"))
+    out = tmp_path / "o.tflite"
+    code = cli.main(["export", str(files / "pruned.keras"), "--tflite", str(out),
+                     "--quantize", "int8", "--calibration", str(wrong)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1, err
+    assert err[0] == (f"keras-gap: error: representative_dataset has shape (16, {DIM + 3}); "
+                      f"the model expects (None, {DIM}) (first axis: batch).")
+    assert not out.exists()
+
+
+def test_debug_shows_the_original_exception(files, tmp_path):
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, np.zeros((16, DIM + 3), "float32"))
+    with pytest.raises(ValueError, match=r"has shape \(16, 35\)"):
+        cli.main(["export", str(files / "pruned.keras"), "--tflite", str(tmp_path / "o.tflite"),
+                  "--quantize", "int8", "--calibration", str(wrong), "--debug"])
+
+
+def test_unexpected_failure_is_one_line_exit_1(files, capsys, monkeypatch):
+    def broken(args):
+        raise KeyError("something inside")
+
+    monkeypatch.setattr(cli, "_report", broken)
+    assert cli.main(["report", str(files / "pruned.keras")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["keras-gap: internal error: KeyError: 'something inside' "
+                   "(run again with --debug for the traceback)"]
+    with pytest.raises(KeyError):
+        cli.main(["report", str(files / "pruned.keras"), "--debug"])
+
+
+def _plain_env(**extra):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TF_CPP_MIN_LOG_LEVEL", "KERAS_GAP_QUIET")}
+    env.update(KERAS_BACKEND="tensorflow", **extra)
+    return env
+
+
+def _export_int8(command, files, out, *flags, env):
+    return subprocess.run([*command, "export", str(files / "pruned.keras"), "--tflite",
+                           str(out), "--quantize", "int8", "--calibration",
+                           str(files / "calib.npy"), *flags],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.skipif(shutil.which("keras-gap") is None,
+                    reason="console script not installed (pip install -e .)")
+def test_console_script_prints_no_third_party_lines(files, tmp_path):
+    # int8 export: TensorFlow start-up, converter and TFLite runtime all log by default.
+    quiet = _export_int8(["keras-gap"], files, tmp_path / "q.tflite", env=_plain_env())
+    assert quiet.returncode == 0, quiet.stderr
+    assert "wrote" in quiet.stdout
+    assert quiet.stderr == "", quiet.stderr
+    loud = _export_int8(["keras-gap"], files, tmp_path / "v.tflite", "--verbose",
+                        env=_plain_env())
+    assert loud.returncode == 0, loud.stderr
+    assert "port.cc" in loud.stderr or "tf_tfl_flatbuffer_helpers" in loud.stderr \
+        or "XNNPACK" in loud.stderr, loud.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_module_cli_quiet_with_environment(files, tmp_path):
+    quiet = _export_int8([sys.executable, "-m", "keras_gap.cli"], files, tmp_path / "q.tflite",
+                         env=_plain_env(KERAS_GAP_QUIET="1"))
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr == "", quiet.stderr
