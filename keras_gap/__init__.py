@@ -25,7 +25,8 @@ from keras_gap.gap import (GaPCallback, GaPPruningSchedule, gap_partitions,
 from keras_gap.prune import prune_low_magnitude, strip_pruning
 from keras_gap.report import SparsityReport, sparsity_report
 from keras_gap.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
-from keras_gap.structured import FlopsReport, TrainingCost, channel_groups, flops_report
+from keras_gap.structured import (FlopsReport, TrainingCost, channel_groups, flops_report,
+                                  materialize)
 from keras_gap.wrapper import PruneLowMagnitude
 
 __version__ = "0.1.0"
@@ -35,6 +36,6 @@ __all__ = [
     "PruneLowMagnitude", "PruningSchedule", "PruningSummaries", "SparsityReport",
     "TrainingCost", "UpdatePruningStep", "channel_groups", "criteria", "datasets", "distributions", "export",
     "flops_report", "gap_partitions",
-    "gap_total_epochs", "gradients", "masks", "prune_gap", "prune_low_magnitude", "registry",
+    "gap_total_epochs", "gradients", "masks", "materialize", "prune_gap", "prune_low_magnitude", "registry",
     "sparsity_report", "strip_pruning", "structured",
 ]

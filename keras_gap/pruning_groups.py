@@ -180,6 +180,11 @@ class ChannelPlan:
         ids = {id(w) for w in wrappers}
         return [g for g, ws in self.members.items() if any(id(w) in ids for w in ws)]
 
+    def groups_of_producers(self, wrappers):
+        """Prunable groups with a producer among ``wrappers``."""
+        ids = {id(w) for w in wrappers}
+        return [g for g, ws in self.producers.items() if any(id(w) in ids for w in ws)]
+
     def keep(self, group):
         """Current keep vector of a group (read from its first producer)."""
         w = self.producers[group][0]

@@ -293,10 +293,34 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         i = self.scored_weights()[0]
         return mask_lib.channel_scores(self.masks[i], self.channel_axes[i]) > 0
 
-    def set_channel_keep(self, keep):
-        """Masks every channel weight from one per-output-channel keep vector."""
+    def set_channel_keep(self, keep, reinitialize=True):
+        """Masks every channel weight from one per-output-channel keep vector.
+
+        A channel that comes back (mask 0 -> 1: GaP's grow, a random
+        criterion) has all-zero weights; behind a BatchNormalization and a ReLU
+        such a channel gets no gradient at all, so with ``reinitialize`` its
+        kernel and scale restart from the layer's initializers.
+        """
+        keep = np.asarray(ops.convert_to_numpy(keep)).reshape(-1) > 0
+        if reinitialize:
+            grown = keep & ~self.channel_keep()
+            if grown.any():
+                self._reinitialize_channels(grown)
         self.set_masks([mask_lib.expand_channel_mask(keep, tuple(v.shape), axis)
                         for v, axis in zip(self.pruned_weights, self.channel_axes)])
+
+    def _reinitialize_channels(self, grown):
+        names = {"kernel": ("kernel_initializer", "depthwise_initializer"),
+                 "pointwise_kernel": ("pointwise_initializer",),
+                 "gamma": ("gamma_initializer",)}
+        for v, axis in zip(self.pruned_weights, self.channel_axes):
+            init = next((getattr(self.layer, a) for a in names.get(v.name, ())
+                         if getattr(self.layer, a, None) is not None), None)
+            if init is None:
+                continue  # biases and offsets restart at 0
+            region = mask_lib.expand_channel_mask(grown, tuple(v.shape), axis)
+            fresh = keras.initializers.get(init)(tuple(v.shape), dtype=v.dtype)
+            v.assign(ops.where(region > 0, fresh, v))
 
     def update_channel_masks(self, sparsity, gradients=None):
         """This layer's channels alone (a wrapper used outside a model).

@@ -73,7 +73,7 @@ def prune_gap(model, target_sparsity=0.9, num_partitions=4, epochs_per_step=None
               partitioning="balanced", distribution="uniform", keep_dense=None,
               method="cgap", criterion="magnitude", block_size=(1, 1),
               block_pooling_type="AVG", seed=0, unsupported_layers="error",
-              target=None):
+              structure="unstructured", target=None):
     """Wraps a model for scheduled grow-and-prune (GaP), in one call.
 
     The prunable layers are split into ``num_partitions`` partitions; each is
@@ -111,6 +111,15 @@ def prune_gap(model, target_sparsity=0.9, num_partitions=4, epochs_per_step=None
             (so the exported model runs faster), other layers unstructured.
         block_pooling_type: "AVG" or "MAX".
         seed: seed of the random initial masks and of "random" partitioning.
+        structure: "unstructured" (default) or "channel": GaP grows and
+            prunes back whole output channels. The partitions are then made
+            of channel groups (`keras_gap.channel_groups`), never of single
+            layers: all layers holding a group's channels (its producers,
+            BatchNormalization, DepthwiseConv) are in the partition of that
+            group, so a group spanning what would be several partitions is
+            grown and pruned as one. An explicit ``partitioning`` lists group
+            names. Only "uniform" distribution; groups that are not removable
+            or touch a ``keep_dense`` layer stay dense.
         unsupported_layers: "error" (default) or "keep_dense": leave layers
             with weights keras-gap cannot prune dense instead of raising.
 
@@ -158,17 +167,31 @@ def prune_gap(model, target_sparsity=0.9, num_partitions=4, epochs_per_step=None
     if unsupported_layers not in ("error", "keep_dense"):
         raise ValueError("`unsupported_layers` must be 'error' or 'keep_dense'; received "
                          f"{unsupported_layers!r}.")
-    layers = prunable_layers(model, keep_dense,
-                             skip_unsupported=unsupported_layers == "keep_dense")
-    if not layers:
-        raise ValueError(f"Model {model.name!r} has no prunable layers left to partition "
-                         f"(keep_dense={list(keep_dense)}).")
-    names = [l.name for l, _ in layers]
-    groups = partition_layers(names, [n for _, n in layers], num_partitions,
-                              partitioning, seed)
+    from keras_gap.wrapper import CHANNEL, validate_structure
+    validate_structure(structure, block_size)
+    if structure == CHANNEL:
+        if distribution != "uniform":
+            raise ValueError("prune_gap(structure='channel') prunes every channel group to "
+                             f"target_sparsity; distribution={distribution!r} is not "
+                             "supported (use 'uniform').")
+        units, unit_of = _channel_units(model, keep_dense)
+        groups = partition_layers([u for u, _ in units], [n for _, n in units],
+                                  num_partitions, partitioning, seed)
+        unit_part = {u: i for i, g in enumerate(groups) for u in g}
+        part_of = {name: unit_part[u] for name, u in unit_of.items()}
+        sparsities = {name: target for name in part_of}
+    else:
+        layers = prunable_layers(model, keep_dense,
+                                 skip_unsupported=unsupported_layers == "keep_dense")
+        if not layers:
+            raise ValueError(f"Model {model.name!r} has no prunable layers left to partition "
+                             f"(keep_dense={list(keep_dense)}).")
+        names = [l.name for l, _ in layers]
+        groups = partition_layers(names, [n for _, n in layers], num_partitions,
+                                  partitioning, seed)
+        part_of = {name: i for i, g in enumerate(groups) for name in g}
+        sparsities = _layer_sparsities(layers, target, distribution, keep_dense)
     k = len(groups)
-    part_of = {name: i for i, g in enumerate(groups) for name in g}
-    sparsities = _layer_sparsities(layers, target, distribution, keep_dense)
     dist_name = distribution if isinstance(distribution, str) else "custom"
 
     def wrap(layer):
@@ -180,11 +203,42 @@ def prune_gap(model, target_sparsity=0.9, num_partitions=4, epochs_per_step=None
         return PruneLowMagnitude(layer, pruning_schedule=schedule, criterion=criterion,
                                  block_size=_target_block(layer, blocks_for) if blocks_for
                                  else block_size,
-                                 block_pooling_type=block_pooling_type)
+                                 block_pooling_type=block_pooling_type, structure=structure)
 
     pruned = prune_model(model, wrap, pruning_policy=lambda l: l.name in part_of,
-                         unsupported_layers="keep_dense")
+                         unsupported_layers="keep_dense", structure=structure)
     return pruned
+
+
+def _channel_units(model, keep_dense):
+    """GaP's units for structure="channel": one per prunable channel group.
+
+    Returns:
+        ([(group name, prunable parameters of its producers)],
+         {layer name: group name}) -- a layer holding channels of several
+        groups (a BatchNormalization after a Concatenate) goes with the first.
+    """
+    from keras_gap.structured import graph as graph_lib
+    graph = graph_lib.analyze(model)
+    members = {}
+    for lid, layer in graph.layers.items():
+        if "out" in graph.maps.get(lid, {}) and registry.channel_weights(layer):
+            for g in graph.layer_groups(layer):
+                members.setdefault(g, []).append(layer)
+    units, unit_of = [], {}
+    for g, layers in sorted(members.items()):
+        group = graph.groups[g]
+        if not group.removable or any(l.name in keep_dense for l in layers):
+            continue
+        size = sum(math.prod(w.shape) for l in layers if l.name in group.producers
+                   for w in registry.get_prunable_weights(l))
+        units.append((group.name, size))
+        for l in layers:
+            unit_of.setdefault(l.name, group.name)
+    if not units:
+        raise ValueError(f"Model {model.name!r} has no removable channel group to partition "
+                         f"(keep_dense={list(keep_dense)}); see keras_gap.channel_groups(model).")
+    return units, unit_of
 
 
 def gap_wrappers(model):

@@ -17,6 +17,7 @@ distributed worker pool can reuse.
 import math
 import warnings
 
+import numpy as np
 from keras import ops
 
 from keras_gap import masks as mask_lib
@@ -216,7 +217,12 @@ class GaPCallback(UpdatePruningStep):
         For P-GaP the all-sparse model is the round's base snapshot that
         every copy starts from.
         """
+        plan = getattr(self, "_channel_plan", None)
+        if plan is not None:  # structure="channel": random whole channels per group
+            self._channel_random(plan)
         for w in self.wrappers:
+            if plan is not None and w.structure == "channel":
+                continue
             sched = w.pruning_schedule
             w.set_masks([self._random_mask(w, v, sched) for v in w.pruned_weights])
             self._zero_removed_slots(w)
@@ -266,6 +272,12 @@ class GaPCallback(UpdatePruningStep):
 
     # Mask edits ---------------------------------------------------------------------
     def _prune_back(self, wrappers):
+        plan = getattr(self, "_channel_plan", None)
+        if plan is not None:
+            self._channel_prune_back(plan, wrappers)
+            wrappers = [w for w in wrappers if w.structure != "channel"]
+        if not wrappers:
+            return
         if self.schedule.distribution == "global":
             self._prune_back_global(wrappers)
         else:
@@ -292,11 +304,42 @@ class GaPCallback(UpdatePruningStep):
             w.set_masks([next(new) for _ in w.pruned_weights])
 
     def _grow(self, wrappers):
+        plan = getattr(self, "_channel_plan", None)
+        if plan is not None:
+            self._channel_grow(plan, wrappers)
+            wrappers = [w for w in wrappers if w.structure != "channel"]
         for w in wrappers:
             old = [ops.convert_to_tensor(m) for m in w.masks]
             w.set_masks([ops.ones(tuple(v.shape)) for v in w.pruned_weights])
             if self.reset_optimizer == "regrown":
                 for v, m in zip(w.pruned_weights, old):
+                    optimizer_state.mask_slots(self.model.optimizer, v, m)
+
+    # Channel structure: GaP grows and prunes back whole channel groups -------------
+    # prune_gap(structure="channel") puts every layer of a channel group in one
+    # partition, so a partition's groups are those of its producers.
+    def _channel_random(self, plan):
+        groups = plan.groups_for(plan.wrappers)
+        plan.random(groups, {g: plan.producers[g][0].pruning_schedule.target_sparsity
+                             for g in groups}, seed=self.schedule.seed)
+        for w in plan.wrappers:
+            self._zero_removed_slots(w)
+
+    def _channel_prune_back(self, plan, wrappers):
+        groups = plan.groups_of_producers(wrappers)
+        touched = plan.update(groups, {g: plan.producers[g][0].pruning_schedule.target_sparsity
+                                       for g in groups}, self._gradient_of)
+        for w in touched:
+            self._zero_removed_slots(w)
+
+    def _channel_grow(self, plan, wrappers):
+        groups = plan.groups_of_producers(wrappers)
+        members = {id(w): w for g in groups for w in plan.members[g]}.values()
+        old = {id(w): [ops.convert_to_tensor(m) for m in w.masks] for w in members}
+        plan.apply({g: np.ones(plan.graph.groups[g].size, np.float32) for g in groups})
+        if self.reset_optimizer == "regrown":
+            for w in members:
+                for v, m in zip(w.pruned_weights, old[id(w)]):
                     optimizer_state.mask_slots(self.model.optimizer, v, m)
 
     def _zero_removed_slots(self, wrapper):
