@@ -226,3 +226,25 @@ def test_export_tflite_small_slice(tmp_path):
                          f"--output_dir={again}")
     assert "loaded " in stdout and "tflite int8 interpreter accuracy " in stdout
     assert (again / "model_int8.tflite").is_file()
+
+
+@pytest.mark.skipif(not _has_export(),
+                    reason="keras_gap.export.to_tflite is not available yet")
+def test_structured_resnet_small_slice(tmp_path):
+    out = tmp_path / "structured"
+    stdout = run_example("structured_resnet.py", "--limit", "256", "--test_limit", "128",
+                         "--epochs_per_step", "1", "--finetune_epochs", "1",
+                         "--latency_runs", "10", f"--output_dir={out}")
+    assert "materialize:" in stdout and "vs reference" in stdout
+    results = json.loads((out / "results.json").read_text())
+    dense, small = results["models"]
+    assert results["materialize_max_abs_diff"] <= 1e-5
+    # Half the channels of every removable group: about a quarter of the MACs.
+    assert small["macs"] < 0.3 * dense["macs"] and small["params"] < 0.3 * dense["params"]
+    assert dense["train_macs_ratio"] == 1.0 and 0.25 < small["train_macs_ratio"] < 1.0
+    for row in (dense, small):
+        assert row["tflite_max_abs_diff"] < 1e-3 and row["tflite_ms_batch1"] > 0
+    import keras
+    model = keras.models.load_model(out / "cgap_materialized.keras")  # plain Keras
+    assert model.count_params() == small["params"]
+    assert "| channel C-GaP 50% |" in (out / "results.md").read_text()

@@ -1,0 +1,62 @@
+"""Smoke tests of the structured-sparsity benchmarks (a slice / quick mode, subprocess)."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from keras_gap import datasets
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+
+pytestmark = pytest.mark.slow
+
+
+def run_benchmark(name, *args, timeout=900):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2",
+               KERAS_BACKEND="tensorflow")
+    proc = subprocess.run([sys.executable, name, *map(str, args)], cwd=BENCHMARKS, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        pytest.fail(f"{name} exited with {proc.returncode}:\n{proc.stdout[-3000:]}\n"
+                    f"{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+def test_prunability_slice_materializes_with_equal_outputs(tmp_path):
+    stdout = run_benchmark("prunability.py", "--models", "MobileNetV2,DenseNet121,ResNet50",
+                           "--input_size", "32", "--output_dir", tmp_path)
+    assert "3 of 3 models materialize with equal outputs" in stdout
+    result = json.loads((tmp_path / "prunability.json").read_text())
+    for row in result["rows"]:
+        assert row["status"] == "equal", row
+        assert row["max_abs_diff"] <= 1e-5 * max(1.0, row["max_abs_output"])
+        assert row["removable_groups"] > 0 and row["channels_removed"] > 0
+        assert row["params_after"] < 0.8 * row["params_before"]
+        assert row["macs_after"] < 0.8 * row["macs_before"]
+    assert "| DenseNet121 | equal |" in (tmp_path / "prunability.md").read_text()
+
+
+@pytest.mark.skipif(
+    not (pathlib.Path(datasets.FASHION_MNIST_DEB_DIR) / "train-images-idx3-ubyte.gz").is_file()
+    and not (datasets.default_data_dir() / "fashion_mnist").is_dir(),
+    reason="Fashion-MNIST missing: bash tests/install_deps.sh")
+def test_structured_benchmark_quick_mode(tmp_path):
+    run_benchmark("structured.py", "--quick", "--output_dir", tmp_path)
+    result = json.loads((tmp_path / "structured.json").read_text())
+    summary = {(e["method"], e["sparsity"]): e for e in result["summary"]}
+    assert set(summary) == {("dense", 0.0), ("gmp", 0.5), ("cgap", 0.5),
+                            ("gmp", 0.75), ("cgap", 0.75)}
+    dense = summary[("dense", 0.0)]
+    assert dense["train_macs_ratio"] == 1.0 and dense["macs_reduction"] == 1.0
+    for s, floor in ((0.5, 3.0), (0.75, 10.0)):
+        for method in ("gmp", "cgap"):
+            e = summary[(method, s)]
+            assert e["macs_reduction"] > floor            # channels really removed
+            assert e["train_macs_ratio"] < 1.0
+            assert e["tflite_b1_speedup"] > 0 and e["latency"]["tflite_b1"]["median_ms"] > 0
+    assert "| cgap | 75% |" in (tmp_path / "structured.md").read_text()
