@@ -244,6 +244,8 @@ def prune_model(model, wrap, pruning_policy=None, prune_depthwise=False,
     wrapped = []
 
     def clone_layer(layer):
+        if not isinstance(layer, keras.layers.Layer):
+            return layer  # a keras.ops call on symbolic tensors (x + 3): no weights
         if not registry.is_supported(layer, prune_depthwise):
             if unsupported_layers == "keep_dense":
                 return layer

@@ -192,3 +192,16 @@ def test_unbuilt_model_and_non_model_give_clear_errors():
     built = keras.Sequential([keras.Input((2,)), L.Dense(3)])
     with pytest.raises(ValueError, match="reference"):
         kg.flops_report(built, reference="dense.keras")
+
+
+def test_keras_ops_nodes_are_skipped_and_matmul_ops_not_counted():
+    x = keras.Input((4, 6))
+    y = L.Dense(3, name="d")(x) + 1.0                 # an Add op node, no MACs
+    model = keras.Model(x, keras.ops.matmul(y, keras.ops.transpose(y, (0, 2, 1))))
+    report = kg.flops_report(model)
+    assert [(r.layer, r.type, r.macs) for r in report.rows if r.counted] == [
+        ("d", "Dense", 4 * 6 * 3)]
+    assert [r.type for r in report.rows if not r.counted] == ["Matmul"]
+    # Pruning a graph with op nodes leaves them as they are.
+    pruned = kg.prune_low_magnitude(model)
+    assert kg.flops_report(pruned).macs == 4 * 6 * 3

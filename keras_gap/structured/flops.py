@@ -50,6 +50,9 @@ _PER_ELEMENT = tuple(
 _UNCOUNTED_MATMULS = tuple(
     cls for cls in (getattr(L, n, None) for n in ("Dot", "Attention", "AdditiveAttention"))
     if cls is not None)
+# keras.ops applied to symbolic tensors in a Functional model that multiply-add.
+_UNCOUNTED_OPS = ("Matmul", "Einsum", "Tensordot", "Dot", "Inner", "Outer", "Conv",
+                  "DepthwiseConv", "ConvTranspose", "SeparableConv")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -417,6 +420,12 @@ def _rows(model, prefix=""):
             rows.extend(_rows(layer, prefix=name + "/"))
             continue
         inner = layer.layer if isinstance(layer, PruneLowMagnitude) else layer
+        if not isinstance(inner, L.Layer):   # a keras.ops call on symbolic tensors
+            if type(inner).__name__ in _UNCOUNTED_OPS:
+                rows.append(LayerFlops(layer=name, type=type(inner).__name__, params=0,
+                                       macs=None, nonzero_macs=None,
+                                       note="not counted: no MAC rule for this op"))
+            continue
         if not inner.weights and not isinstance(inner, _UNCOUNTED_MATMULS):
             continue
         if not layer_calls:
