@@ -15,6 +15,7 @@ from keras import ops
 from keras_gap import gradients as gradients_lib
 from keras_gap import optimizer_state
 from keras_gap import pruning_groups
+from keras_gap.console import LogFraction
 from keras_gap.wrapper import collect_wrappers, missing_callback_error
 
 
@@ -259,7 +260,7 @@ class UpdatePruningStep(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         if logs is not None:
-            logs["sparsity"] = self.sparsity
+            logs["sparsity"] = LogFraction(self.sparsity)  # never "0.0000e+00"
 
     def on_epoch_end(self, epoch, logs=None):
         # Re-read the in-graph counter once per epoch (exact even with

@@ -32,7 +32,7 @@ import sys
 import threading
 import warnings
 
-__all__ = ["NOISE_PATTERNS", "QUIET_ENV", "is_quiet", "quiet_third_party"]
+__all__ = ["LogInt", "NOISE_PATTERNS", "QUIET_ENV", "is_quiet", "quiet_third_party"]
 
 QUIET_ENV = "KERAS_GAP_QUIET"
 
@@ -218,3 +218,30 @@ def _from_environment():
     command = os.path.basename(str(argv[0])) in ("keras-gap", "keras-gap.exe")
     if setting == "1" or (command and setting != "0" and "--verbose" not in argv[1:]):
         quiet_third_party()
+
+
+class LogInt(int):
+    """An int log value that Keras' progress bar prints as an integer.
+
+    Keras' ``Progbar`` averages every value it shows (``np.mean``, then a
+    division by the count) and formats the result with ``.4f`` / ``.4e``, so
+    a partition index 0 reads ``0.0000e+00``. This int survives both steps
+    unchanged and formats without decimals; History, CSV and TensorBoard
+    loggers see a plain int.
+
+    Example:
+        >>> f"{LogInt(2):.4f}", f"{LogInt(0):.4e}", LogInt(3) / 1
+        ('2', '0', 3)
+    """
+
+    def mean(self, *args, **kwargs):  # np.mean(x) calls x.mean() for non-arrays
+        del args, kwargs
+        return self
+
+    def __truediv__(self, other):
+        return self if other == 1 else int(self) / other
+
+    def __format__(self, spec):
+        if spec and spec[-1] in "eEfFgG%":
+            return str(int(self))
+        return int.__format__(int(self), spec)

@@ -23,6 +23,7 @@ from keras import ops
 from keras_gap import masks as mask_lib
 from keras_gap import optimizer_state
 from keras_gap.callbacks import PruningSummaries, UpdatePruningStep, overall_sparsity
+from keras_gap.console import LogFraction, LogInt
 from keras_gap.gap import pgap
 from keras_gap.gap.api import gap_wrappers
 from keras_gap.gap.step_lr import StepLR
@@ -59,7 +60,10 @@ class GaPCallback(UpdatePruningStep):
 
     Returns:
         A Keras callback. Adds ``gap_partition`` (grown partition, -1 while
-        fine-tuning), ``sparsity`` and ``sparsity_p<i>`` to the logs.
+        fine-tuning; an int in the progress bar), ``sparsity`` (overall),
+        ``sparse_part_sparsity`` (the weights outside the grown partition: at
+        the target during rounds) and ``sparsity_p<i>`` (per partition, epoch
+        logs) to the logs.
 
     Example:
         >>> pruned.fit(ds, epochs=kg.gap_total_epochs(pruned),
@@ -105,6 +109,7 @@ class GaPCallback(UpdatePruningStep):
         for w in self.wrappers:
             self.partitions.setdefault(w.pruning_schedule.partition, []).append(w)
         self._partition_cache = self.partition_sparsities()
+        self._sparse_part = self.sparse_part_sparsity(self.grown_partition())
         if self.step_lr is not None:
             self._setup_step_lr(steps_per_epoch)
         if self._summaries is not None:
@@ -207,6 +212,8 @@ class GaPCallback(UpdatePruningStep):
             optimizer_state.restart(self.model.optimizer, self.model.trainable_variables)
         self.sparsity = overall_sparsity(self.wrappers)
         self._partition_cache = self.partition_sparsities()
+        self._sparse_part = self.sparse_part_sparsity(
+            j % s.num_partitions if j < s.num_gap_steps else None)
         if self.verbose:
             self._announce(j)
         self._write_summaries()
@@ -355,6 +362,16 @@ class GaPCallback(UpdatePruningStep):
         """{partition: sparsity of its pruned weights}."""
         return {p: overall_sparsity(ws) for p, ws in self.partitions.items()}
 
+    def sparse_part_sparsity(self, grown):
+        """Sparsity of the pruned weights outside partition ``grown`` (None: all).
+
+        While a partition is grown the overall sparsity is low (a large grown
+        partition can leave it near 0); the rest of the model is at its
+        target, which is what the logs' ``sparse_part_sparsity`` shows.
+        """
+        return overall_sparsity([w for p, ws in self.partitions.items() if p != grown
+                                 for w in ws])
+
     def grown_partition(self):
         """Partition grown during the last completed step (-1: fine-tuning)."""
         g = self.schedule.grown_partition(max(self.step - 1, 0))
@@ -372,11 +389,12 @@ class GaPCallback(UpdatePruningStep):
     def _add_logs(self, logs, per_partition=False):
         if logs is None:
             return
-        logs["gap_partition"] = self.grown_partition()
-        logs["sparsity"] = self.sparsity
+        logs["gap_partition"] = LogInt(self.grown_partition())  # "2", not "2.0000"
+        logs["sparsity"] = LogFraction(self.sparsity)           # "0.0000", not "0.0000e+00"
+        logs["sparse_part_sparsity"] = LogFraction(self._sparse_part)
         if per_partition:  # epoch logs (History, end-of-epoch progress line)
             for p, v in self._partition_cache.items():
-                logs[f"sparsity_p{p}"] = v
+                logs[f"sparsity_p{p}"] = LogFraction(v)
 
     def _write_summaries(self):
         if self._summaries is not None:
