@@ -26,6 +26,10 @@ BENCHMARKS = [
      "python benchmarks/tflite_latency.py"),
     ("demo", "The demo (main job): dense vs C-GaP 90%, exported to TFLite",
      "python examples/demo.py --output_dir benchmarks/results/demo"),
+    ("structured", "Channel pruning: dense vs channel GMP vs channel C-GaP, materialized",
+     "python benchmarks/structured.py"),
+    ("prunability", "Prunability of keras.applications models (channel groups, materialize)",
+     "python benchmarks/prunability.py"),
 ]
 
 

@@ -36,7 +36,11 @@ class TrainingCost(keras.callbacks.Callback):
     accumulates over every fit it is passed to.
 
     Layers `flops_report` cannot count (custom layers with weights) are left
-    out of both sides of the ratio, with a warning naming them.
+    out of both sides of the ratio, with a warning naming them. With
+    ``structure="channel"`` a kernel is charged by its own kept output
+    channels; the input channels its producer lost are not subtracted, so the
+    ratio is an upper bound there (the materialized model's MACs, from
+    `flops_report`, shrink with both).
 
     Args:
         log_name: key of the ratio in the epoch logs.
