@@ -1,24 +1,29 @@
-"""The keras-gap demo: dense vs scheduled grow-and-prune on real Fashion-MNIST.
+"""The keras-gap demo: dense vs gradual pruning (GMP) vs GaP on real Fashion-MNIST.
 
-1. Trains a dense baseline and a sparse model (C-GaP by default, 90%
-   sparsity) with the same epoch budget; Keras progress bars throughout, the
-   grown GaP partition is shown at each boundary and in the logs.
-2. Strips the sparse model, exports float32 and int8 TFLite files (sparse
-   weight encoding for the sparse model), and measures the interpreter's
-   accuracy on the test set.
-3. Prints a table (accuracy, parameters, non-zeros, file sizes plain and gzip,
-   TFLite latency at batch 1) and writes ``results.md``, ``results.json`` and
-   ``results.png`` (accuracy per epoch and per-layer sparsity) to the output
-   folder, whose path it prints.
+Every model gets the same epoch budget, data and optimizer:
+
+1. dense: the baseline.
+2. GMP 90%: gradual magnitude pruning (tf-mot's ``prune_low_magnitude`` with
+   ``PolynomialDecay``); it trains dense at first.
+3. C-GaP 90%: scheduled grow-and-prune (``prune_gap`` + ``GaPCallback``): only
+   one partition of the layers is ever dense, so training costs fewer MACs.
+4. C-GaP 90%, TFLite blocks: the same with ``target="tflite"``: Dense kernels
+   pruned in the (4, 1) blocks TFLite's sparse kernel runs natively, so the
+   exported model runs faster, not only smaller.
+
+Recipe (benchmarks/gap_vs_baselines.py): the first conv and the classifier stay
+dense; sparsity is over the other layers. Each model is stripped, exported to
+float32 and int8 TFLite (sparse weight encoding for the sparse ones) and
+measured: accuracy (Keras and interpreter), training MACs relative to dense
+(`kg.TrainingCost`), non-zeros, file sizes, batch-1 latency. Writes
+``results.md``, ``results.json`` and ``results.png`` (accuracy vs training
+MACs, one marker per model) to the output folder, whose path it prints.
 
 Run:
-    python examples/demo.py                 # default budget: 12 epochs per model
-    python examples/demo.py --fast          # tiny budget (CI smoke test)
-    python examples/demo.py --epochs 20 --partitions 4 --sparsity 0.95
-
-Method ``gmp`` (gradual magnitude pruning, ``prune_low_magnitude`` with
-``PolynomialDecay``) is the tf-mot baseline; ``cgap`` / ``pgap`` need
-``keras_gap.prune_gap``.
+    python examples/demo.py                  # the full demo (about 10 minutes on 2 cores)
+    python examples/demo.py --limit 60000 --epochs 12 --restart fresh
+    python examples/demo.py --fast           # tiny budget (CI smoke test)
+    python examples/demo.py --verbose        # also show TensorFlow's and TFDS's logs
 """
 
 import gzip
@@ -29,52 +34,48 @@ import sys
 import tempfile
 import time
 
-from absl import app, flags, logging
+if "--verbose" not in sys.argv:  # before TensorFlow is imported (see keras_gap.console)
+    os.environ.setdefault("KERAS_GAP_QUIET", "1")
+
+from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("epochs", None, "Epoch budget of EACH model (dense and sparse). "
-                     "Default: 12 (--fast: partitions + 1).")
+flags.DEFINE_integer("epochs", None, "Epoch budget of EACH model. Default: 9 "
+                     "(--fast: partitions + 1).")
 flags.DEFINE_float("sparsity", 0.9, "Target sparsity of the prunable weights, in [0, 1).")
-flags.DEFINE_integer("partitions", 4, "GaP partitions (K).")
-flags.DEFINE_integer("rounds", None, "GaP rounds (default: as many as fit in 3/4 of "
-                     "the budget; the rest is fine-tuning).")
-flags.DEFINE_enum("method", "cgap", ["cgap", "pgap", "gmp"],
-                  "cgap: cyclic GaP; pgap: parallel GaP; gmp: gradual magnitude pruning.")
-flags.DEFINE_list("keep_dense", [], "Layer names kept dense (e.g. conv1,logits).")
-flags.DEFINE_integer("limit", None, "Use only the first N training and N/5 test examples.")
+flags.DEFINE_integer("partitions", 3, "GaP partitions (K).")
+flags.DEFINE_enum("restart", "all", ["all", "fresh"],
+                  "GaP's restart at each boundary: 'all' (GaPCallback's default: slots "
+                  "zeroed, one cosine learning-rate decay over the budget) or 'fresh' (a "
+                  "new optimizer and a cosine restarted per GaP step, kg.gap.StepLR).")
+flags.DEFINE_list("keep_dense", ["conv1", "logits"], "Layers kept dense by every method.")
+flags.DEFINE_integer("limit", None, "Use only the first N training and N/5 test examples "
+                     "(default: 30000 training images and the full test set; --fast: 2000).")
 flags.DEFINE_bool("fast", False, "Tiny budget for CI: --limit 2000, epochs = partitions + 1, "
                   "fewer latency runs.")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
+flags.DEFINE_float("learning_rate", 2e-3, "Peak learning rate (Adam) of every model.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
+flags.DEFINE_bool("verbose", False, "Show TensorFlow's, TFLite's and TFDS's logs.")
 flags.DEFINE_string("output_dir", None, "Output folder (default: a new temp folder).")
 
-DEFAULT_EPOCHS = 12
+DEFAULT_EPOCHS = 9
+DEFAULT_TRAIN_IMAGES = 30000
 
 
 # --- data and model -------------------------------------------------------------------
 
-def make_data(limit, batch_size, seed):
-    """Fashion-MNIST: train/test tf.data pipelines and numpy test/calibration arrays."""
-    import numpy as np
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
+def make_data(limit):
+    """Fashion-MNIST as float32 arrays in 0..255: train, test and calibration images."""
     from keras_gap import datasets
-
-    train_split = "train" if limit is None else f"train[:{limit}]"
-    test_split = "test" if limit is None else f"test[:{max(limit // 5, 100)}]"
-    to_float = lambda x, y: (tf.cast(x, tf.float32), y)  # noqa: E731
-    train = (datasets.fashion_mnist(train_split).map(to_float).cache()
-             .shuffle(10000, seed=seed).batch(batch_size).prefetch(tf.data.AUTOTUNE))
-    # batch_size=-1: the whole split as one batch of tensors.
-    x_test, y_test = tfds.as_numpy(datasets.fashion_mnist(test_split, batch_size=-1))
-    x_test = x_test.astype(np.float32)
-    x_cal, _ = tfds.as_numpy(datasets.fashion_mnist("train[:300]", batch_size=-1))
-    test = tf.data.Dataset.from_tensor_slices((x_test, y_test)).batch(512)
-    return train, test, x_test, y_test, x_cal.astype(np.float32)
+    x, y = datasets.load_numpy("fashion_mnist", "train", limit=limit or DEFAULT_TRAIN_IMAGES)
+    xt, yt = datasets.load_numpy("fashion_mnist", "test",
+                                 limit=None if limit is None else max(limit // 5, 100))
+    return (x.astype("float32"), y), (xt.astype("float32"), yt), x[:300].astype("float32")
 
 
 def make_model():
-    """Small CNN for 28x28x1 inputs in 0..255 (about 110k parameters)."""
+    """Small CNN for 28x28x1 inputs in 0..255, with a Dense head (about 550k parameters)."""
     import keras
     return keras.Sequential([
         keras.Input((28, 28, 1)),
@@ -84,78 +85,80 @@ def make_model():
         keras.layers.Conv2D(32, 3, activation="relu", name="conv2"),
         keras.layers.MaxPooling2D(name="pool2"),
         keras.layers.Flatten(name="flatten"),
-        keras.layers.Dense(128, activation="relu", name="fc1"),
+        keras.layers.Dense(512, activation="relu", name="fc1"),
+        keras.layers.Dense(256, activation="relu", name="fc2"),
         keras.layers.Dense(10, name="logits"),
     ], name="cnn")
 
 
-def compile_model(model):
-    import keras
-    model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
-
-
-def gap_plan(epochs, partitions, rounds=None):
-    """Splits an epoch budget: (rounds, epochs_per_step=1, finetune_epochs).
-
-    Args:
-        epochs: total budget.
-        partitions: K.
-        rounds: fixed rounds, or None: as many as fit in 3/4 of the budget (>= 1).
-
-    Returns:
-        (rounds, finetune_epochs), with rounds * partitions + finetune == epochs.
-    """
+def gap_plan(epochs, partitions):
+    """(rounds, finetune_epochs): one epoch per GaP step, ~3/4 of the budget for GaP."""
     if epochs < partitions + 1:
         raise app.UsageError(
             f"GaP with {partitions} partitions needs an epoch budget of at least "
             f"{partitions + 1} (one epoch per partition plus one fine-tuning epoch); "
             f"got --epochs {epochs}.")
-    if rounds is None:
-        rounds = max(1, int(0.75 * epochs) // partitions)
-    finetune = epochs - rounds * partitions
-    if finetune < 1:
-        raise app.UsageError(
-            f"--rounds {rounds} x --partitions {partitions} leaves no fine-tuning epoch "
-            f"in --epochs {epochs}.")
-    return rounds, finetune
+    rounds = max(1, int(0.75 * epochs) // partitions)
+    return rounds, epochs - rounds * partitions
 
 
-def train_sparse(method, train, test, epochs, sparsity, partitions, rounds, keep_dense,
-                 history_out):
-    """Builds and trains the sparse model; returns (pruned model, description)."""
+def build(kind, epochs, steps_per_epoch):
+    """(model to train, pruning callbacks, optimizer, description) for one kind."""
+    import keras
     import keras_gap as kg
-
+    total = epochs * steps_per_epoch
+    cosine = keras.optimizers.Adam(
+        keras.optimizers.schedules.CosineDecay(FLAGS.learning_rate, total))
     model = make_model()
-    if method == "gmp":
-        steps = epochs * int(train.cardinality())
-        pruned = kg.prune_low_magnitude(
-            model,
-            pruning_schedule=kg.PolynomialDecay(
-                0.0, sparsity, begin_step=0, end_step=max(1, int(0.75 * steps)),
-                frequency=max(1, steps // 40)),
-            pruning_policy=(lambda l: l.name not in keep_dense) if keep_dense else None)
-        callbacks = [kg.UpdatePruningStep()]
-        desc = f"GMP (PolynomialDecay 0->{sparsity:.0%} over 3/4 of {epochs} epochs)"
-    else:
-        if not hasattr(kg, "prune_gap"):
-            sys.exit("keras_gap.prune_gap is not available in this keras_gap build; "
-                     "run with --method gmp.")
-        rounds, finetune = gap_plan(epochs, partitions, rounds)
-        pruned = kg.prune_gap(
-            model, target_sparsity=sparsity, num_partitions=partitions,
-            epochs_per_step=1, rounds=rounds, finetune_epochs=finetune,
-            partitioning="balanced", distribution="uniform", method=method,
-            keep_dense=tuple(keep_dense) or None)
-        assert kg.gap_total_epochs(pruned) == epochs, kg.gap_total_epochs(pruned)
-        callbacks = [kg.GaPCallback(log_dir=None)]
-        desc = (f"{method.upper().replace('GAP', '-GaP')} ({partitions} partitions x "
-                f"{rounds} round(s), 1 epoch per step, {finetune} fine-tuning epoch(s))")
-    compile_model(pruned)
-    history = pruned.fit(train, epochs=epochs, validation_data=test, callbacks=callbacks)
-    history_out.update({k: [float(v) for v in vals] for k, vals in history.history.items()})
-    return pruned, desc
+    keep = set(FLAGS.keep_dense)
+    if kind == "dense":
+        return model, [], cosine, f"dense, Adam {FLAGS.learning_rate:g} with cosine decay"
+    if kind == "gmp":
+        schedule = kg.PolynomialDecay(0.0, FLAGS.sparsity, begin_step=0,
+                                      end_step=max(1, int(0.75 * total)),
+                                      frequency=max(1, steps_per_epoch // 4))
+        pruned = kg.prune_low_magnitude(model, pruning_schedule=schedule,
+                                        pruning_policy=lambda layer: layer.name not in keep)
+        return (pruned, [kg.UpdatePruningStep()], cosine,
+                f"GMP: PolynomialDecay 0 -> {FLAGS.sparsity:.0%} over 3/4 of the budget")
+    rounds, finetune = gap_plan(epochs, FLAGS.partitions)
+    pruned = kg.prune_gap(model, target_sparsity=FLAGS.sparsity,
+                          num_partitions=FLAGS.partitions, epochs_per_step=1, rounds=rounds,
+                          finetune_epochs=finetune, keep_dense=tuple(keep) or None,
+                          seed=FLAGS.seed, target="tflite" if kind == "cgap_tflite" else None)
+    desc = (f"C-GaP: {FLAGS.partitions} partitions x {rounds} round(s), 1 epoch per step, "
+            f"{finetune} fine-tuning epoch(s), restart {FLAGS.restart!r}")
+    if kind == "cgap_tflite":
+        desc += "; Dense kernels in TFLite (4, 1) blocks"
+    if FLAGS.restart == "fresh":
+        callback = kg.GaPCallback(reset_optimizer="fresh", verbose=1,
+                                  step_lr=kg.gap.StepLR(FLAGS.learning_rate, warmup=0.1))
+        return pruned, [callback], keras.optimizers.Adam(FLAGS.learning_rate), desc
+    return pruned, [kg.GaPCallback(reset_optimizer="all", verbose=1)], cosine, desc
+
+
+def train(kind, data, epochs):
+    """Trains one model; returns (stripped model, record)."""
+    import keras
+    import keras_gap as kg
+    (x, y), _, _ = data
+    keras.utils.set_random_seed(FLAGS.seed)
+    steps_per_epoch = -(-len(x) // FLAGS.batch_size)
+    model, callbacks, optimizer, desc = build(kind, epochs, steps_per_epoch)
+    if kind.startswith("cgap"):
+        assert kg.gap_total_epochs(model) == epochs, kg.gap_total_epochs(model)
+    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    cost = kg.TrainingCost()
+    start = time.time()
+    history = model.fit(x, y, batch_size=FLAGS.batch_size, epochs=epochs,
+                        callbacks=callbacks + [cost], verbose=2)
+    seconds = time.time() - start
+    final = kg.strip_pruning(model) if kind != "dense" else model
+    return final, {"description": desc, "train_seconds": seconds,
+                   "train_macs_ratio": float(cost.relative),
+                   "history": {k: [float(v) for v in vals]
+                               for k, vals in history.history.items()}}
 
 
 # --- measuring --------------------------------------------------------------------------
@@ -177,20 +180,14 @@ def gzip_size(path):
 
 
 def tflite_latency_ms(path, runs, warmup=20):
-    """Median wall time (ms) of one batch-1 invocation, one thread."""
+    """Median wall time (ms) of one batch-1 invocation, one thread, under the
+    resolver the interpreter needs for this model."""
     import numpy as np
     from keras_gap.export import runtime
     interpreter, _, _, _ = runtime.make_interpreter(os.fspath(path), num_threads=1)
     detail = interpreter.get_input_details()[0]
     interpreter.resize_tensor_input(detail["index"], [1] + list(detail["shape"][1:]))
-    try:
-        interpreter.allocate_tensors()
-    except RuntimeError:  # default delegate refused the graph: built-in kernels
-        interpreter, _, _, _ = runtime.make_interpreter(
-            os.fspath(path), resolver="BUILTIN_WITHOUT_DEFAULT_DELEGATES", num_threads=1)
-        detail = interpreter.get_input_details()[0]
-        interpreter.resize_tensor_input(detail["index"], [1] + list(detail["shape"][1:]))
-        interpreter.allocate_tensors()
+    interpreter.allocate_tensors()
     x = np.zeros([1] + list(detail["shape"][1:]), dtype=detail["dtype"])
     times = []
     for i in range(warmup + runs):
@@ -202,92 +199,74 @@ def tflite_latency_ms(path, runs, warmup=20):
     return statistics.median(times)
 
 
-def tflite_accuracy(path, x, y):
+def export_and_measure(name, model, output_dir, data, sparse, runs):
+    """Exports float32 and int8 TFLite files; returns {dtype: measurements}."""
     import numpy as np
     import keras_gap as kg
-    out = kg.export.run_tflite(os.fspath(path), x)
-    return float(np.mean(np.argmax(out.outputs, axis=-1) == y)), out.resolver
-
-
-def export_and_measure(name, model, output_dir, x_test, y_test, x_cal, sparse, runs):
-    """Exports float32 and int8 TFLite files; returns one result row per file."""
-    import keras_gap as kg
-    rows = []
+    _, (xt, yt), x_cal = data
+    out = {}
     for quantize in (None, "int8"):
-        suffix = "int8" if quantize else "float32"
-        path = os.path.join(output_dir, f"{name}_{suffix}.tflite")
+        dtype = "int8" if quantize else "float32"
+        path = os.path.join(output_dir, f"{name}_{dtype}.tflite")
         kg.export.to_tflite(model, path, sparse=sparse, quantize=quantize,
                             representative_dataset=x_cal if quantize else None,
-                            sample_inputs=x_test[:64] if not quantize else None)
-        accuracy, resolver = tflite_accuracy(path, x_test, y_test)
-        inspection = kg.export.inspect_tflite(path)
-        rows.append({
+                            sample_inputs=xt[:64] if not quantize else None)
+        result = kg.export.run_tflite(path, xt)
+        out[dtype] = {
             "file": os.path.basename(path),
-            "dtype": suffix,
-            "tflite_accuracy": accuracy,
-            "resolver": resolver,
+            "tflite_accuracy": float(np.mean(np.argmax(result.outputs, -1) == yt)),
+            "resolver": result.resolver,
             "size_bytes": os.path.getsize(path),
             "gzip_bytes": gzip_size(path),
-            "sparse_tensors": len(inspection.sparse_tensors),
-            "weight_tensors": len(inspection.tensors),
+            "sparse_tensors": len(kg.export.inspect_tflite(path).sparse_tensors),
             "latency_ms": tflite_latency_ms(path, runs),
-        })
-    return rows
+        }
+    return out
 
 
 # --- reporting ---------------------------------------------------------------------------
 
-def markdown_table(results):
-    header = ("model", "Keras acc", "TFLite file", "TFLite acc", "params", "non-zeros",
-              "size (bytes)", "gzip (bytes)", "latency ms (batch 1)", "kernels")
+def markdown_table(models):
+    header = ("model", "test acc (Keras)", "TFLite acc (float32 / int8)",
+              "training MACs vs dense", "non-zeros", "float32 file (gzip)",
+              "int8 file (gzip)", "latency float32 ms", "latency int8 ms",
+              "float32 speed-up")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for m in results["models"]:
-        for r in m["tflite"]:
-            lines.append("| " + " | ".join([
-                m["label"], f"{m['keras_accuracy']:.4f}", f"{r['file']}",
-                f"{r['tflite_accuracy']:.4f}", f"{m['params']:,}", f"{m['nonzero']:,}",
-                f"{r['size_bytes']:,}", f"{r['gzip_bytes']:,}",
-                f"{r['latency_ms']:.3f}",
-                "XNNPACK" if r["resolver"] == "BUILTIN" else "built-in"]) + " |")
+    dense_ms = models[0]["tflite"]["float32"]["latency_ms"]
+    for m in models:
+        f, q = m["tflite"]["float32"], m["tflite"]["int8"]
+        lines.append("| " + " | ".join([
+            m["label"], f"{m['keras_accuracy']:.4f}",
+            f"{f['tflite_accuracy']:.4f} / {q['tflite_accuracy']:.4f}",
+            f"{m['train_macs_ratio']:.2f}x", f"{m['nonzero']:,} of {m['params']:,}",
+            f"{f['size_bytes'] / 1024:.0f} KiB ({f['gzip_bytes'] / 1024:.0f})",
+            f"{q['size_bytes'] / 1024:.0f} KiB ({q['gzip_bytes'] / 1024:.0f})",
+            f"{f['latency_ms']:.3f}", f"{q['latency_ms']:.3f}",
+            f"{dense_ms / f['latency_ms']:.2f}x"]) + " |")
     return "\n".join(lines)
 
 
-def plot(results, path):
+def plot(models, path, title):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5.5))
-    for m in results["models"]:
-        acc = m["history"].get("val_accuracy", [])
-        ax1.plot(range(1, len(acc) + 1), acc, marker="o", label=f"{m['label']} (Keras, test)")
-        for r in m["tflite"]:
-            ax1.scatter([len(acc)], [r["tflite_accuracy"]], marker="x" if r["dtype"] == "int8"
-                        else "+", s=80, label=f"{m['label']} TFLite {r['dtype']}")
-    sparse = results["models"][-1]
-    parts = sparse["history"].get("gap_partition")
-    if parts:
-        for epoch, p in enumerate(parts, start=1):
-            ax1.axvspan(epoch - 0.5, epoch + 0.5, alpha=0.08 if p >= 0 else 0.0,
-                        color=f"C{int(p) % 10 + 2}" if p >= 0 else "white")
-            ax1.text(epoch, 0.02, f"P{int(p)}" if p >= 0 else "ft", ha="center",
-                     transform=ax1.get_xaxis_transform(), fontsize=8)
-    ax1.set_xlabel("epoch")
-    ax1.set_ylabel("test accuracy")
-    ax1.set_title("Accuracy (shaded: grown GaP partition; ft: fine-tuning)")
-    ax1.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
-    ax1.grid(alpha=0.3)
-
-    layers = [r["layer"] for r in sparse["layers"]]
-    ax2.bar(layers, [r["sparsity"] for r in sparse["layers"]], color="C1")
-    for i, r in enumerate(sparse["layers"]):
-        ax2.text(i, r["sparsity"], f"{r['sparsity']:.1%}\n{r['params']:,}", ha="center",
-                 va="bottom", fontsize=8)
-    ax2.axhline(results["config"]["sparsity"], ls="--", color="gray", label="target")
-    ax2.set_ylim(0, 1.15)
-    ax2.set_ylabel("sparsity")
-    ax2.set_title(f"Per-layer sparsity of the stripped {sparse['label']} model")
-    ax2.legend(fontsize=8)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    markers = ["o", "s", "D", "^", "v", "P"]
+    for i, m in enumerate(models):
+        ax.scatter(m["train_macs_ratio"], m["keras_accuracy"], s=90, marker=markers[i % 6],
+                   color=f"C{i}", label=f"{m['label']}: {m['nonzero']:,} non-zeros, "
+                   f"{m['tflite']['float32']['latency_ms']:.3f} ms")
+    ax.set_xlabel("training MACs relative to dense training (same epochs)")
+    ax.set_ylabel("test accuracy")
+    ax.set_xlim(0, 1.1)
+    lo = min(m["keras_accuracy"] for m in models)
+    hi = max(m["keras_accuracy"] for m in models)
+    pad = max(0.005, (hi - lo) * 0.4)
+    ax.set_ylim(lo - pad, hi + pad)
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="lower right", title="model: non-zero weights, TFLite "
+              "latency (float32, batch 1)", title_fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -296,114 +275,91 @@ def plot(results, path):
 def main(argv):
     del argv
     t_start = time.time()
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # hide TFDS's INFO lines
     import keras
     import keras_gap as kg
+    from keras_gap import console
+    console.quiet_third_party(FLAGS.verbose)
 
-    if not hasattr(kg, "export"):
-        try:
-            import keras_gap.export  # noqa: F401
-        except ImportError as e:
-            sys.exit(f"keras_gap.export is not available ({e}); the demo needs it for "
-                     "the TFLite step.")
     if not 0.0 <= FLAGS.sparsity < 1.0:
         raise app.UsageError(f"--sparsity must be in [0, 1); got {FLAGS.sparsity}.")
     limit = FLAGS.limit if FLAGS.limit is not None else (2000 if FLAGS.fast else None)
     epochs = FLAGS.epochs or ((FLAGS.partitions + 1) if FLAGS.fast else DEFAULT_EPOCHS)
-    if FLAGS.method != "gmp":
-        gap_plan(epochs, FLAGS.partitions, FLAGS.rounds)  # check the flags before training
+    gap_plan(epochs, FLAGS.partitions)  # check the flags before training
     output_dir = FLAGS.output_dir or tempfile.mkdtemp(prefix="keras_gap_demo_")
     os.makedirs(output_dir, exist_ok=True)
     latency_runs = 50 if FLAGS.fast else 500
-    keras.utils.set_random_seed(FLAGS.seed)
 
-    train, test, x_test, y_test, x_cal = make_data(limit, FLAGS.batch_size, FLAGS.seed)
-    print(f"Fashion-MNIST: {int(train.cardinality())} batches of {FLAGS.batch_size} "
-          f"for training, {len(y_test)} test images; budget {epochs} epochs per model.")
+    data = make_data(limit)
+    n_train, n_test = len(data[0][1]), len(data[1][1])
+    print(f"Fashion-MNIST: {n_train} training and {n_test} test images; "
+          f"budget {epochs} epochs per model.")
 
-    results = {"config": {"epochs": epochs, "sparsity": FLAGS.sparsity,
-                          "partitions": FLAGS.partitions, "method": FLAGS.method,
-                          "limit": limit, "batch_size": FLAGS.batch_size,
-                          "seed": FLAGS.seed, "keep_dense": FLAGS.keep_dense,
-                          "backend": keras.backend.backend()},
-               "models": []}
-
-    # 1a. Dense baseline.
-    print(f"\n=== 1/3 dense baseline: {epochs} epochs ===")
-    dense = make_model()
-    compile_model(dense)
-    t = time.time()
-    dense_hist = dense.fit(train, epochs=epochs, validation_data=test)
-    dense_time = time.time() - t
-
-    # 1b. Sparse model, same budget.
-    print(f"\n=== 2/3 sparse model ({FLAGS.method}, {FLAGS.sparsity:.0%}): "
-          f"{epochs} epochs ===")
-    sparse_hist = {}
-    t = time.time()
-    pruned, desc = train_sparse(FLAGS.method, train, test, epochs, FLAGS.sparsity,
-                                FLAGS.partitions, FLAGS.rounds, FLAGS.keep_dense,
-                                sparse_hist)
-    sparse_time = time.time() - t
-    final = kg.strip_pruning(pruned)
-    final.save(os.path.join(output_dir, f"{FLAGS.method}.keras"))  # plain Keras model
-    compile_model(final)
-    print(kg.sparsity_report(final))
-
-    # 2. Export and check in the interpreter.
-    print("\n=== 3/3 export to TFLite (float32, int8), interpreter accuracy, latency ===")
-    label = {"cgap": "C-GaP", "pgap": "P-GaP", "gmp": "GMP"}[FLAGS.method]
-    label = f"{label} {FLAGS.sparsity:.0%}"
-    for name, model, lab, hist, seconds, sparse in (
-            ("dense", dense, "dense", {k: [float(v) for v in vals] for k, vals in
-                                      dense_hist.history.items()}, dense_time, False),
-            (FLAGS.method, final, label, sparse_hist, sparse_time, True)):
-        keras_acc = float(model.evaluate(test, verbose=0)[1])
-        params, nonzero = count_params(model)
-        report = kg.sparsity_report(model)
-        if name == "dense":
-            model.save(os.path.join(output_dir, "dense.keras"))
-        rows = export_and_measure(name, model, output_dir, x_test, y_test, x_cal,
-                                  sparse, latency_runs)
-        results["models"].append({
-            "name": name, "label": lab, "description": desc if sparse else "dense Adam",
-            "keras_accuracy": keras_acc, "params": params, "nonzero": nonzero,
-            "prunable_params": report.params, "prunable_nonzero": report.nonzero,
-            "prunable_sparsity": report.sparsity, "train_seconds": seconds,
-            "history": hist,
+    pct = f"{FLAGS.sparsity:.0%}"
+    kinds = [("dense", "dense"), ("gmp", f"GMP {pct}"), ("cgap", f"C-GaP {pct}"),
+             ("cgap_tflite", f"C-GaP {pct}, TFLite blocks")]
+    models = []
+    for i, (kind, label) in enumerate(kinds, start=1):
+        print(f"\n=== {i}/{len(kinds)} {label}: {epochs} epochs ===", flush=True)
+        final, record = train(kind, data, epochs)
+        final.save(os.path.join(output_dir, f"{kind}.keras"))  # plain Keras model
+        _, (xt, yt), _ = data
+        keras_acc = float((final.predict(xt, batch_size=512, verbose=0).argmax(-1)
+                           == yt).mean())
+        params, nonzero = count_params(final)
+        report = kg.sparsity_report(final)
+        print(f"{label}: test accuracy {keras_acc:.4f}, training MACs "
+              f"{record['train_macs_ratio']:.2f}x dense; exporting to TFLite ...", flush=True)
+        record.update({
+            "name": kind, "label": label, "keras_accuracy": keras_acc, "params": params,
+            "nonzero": nonzero, "prunable_sparsity": report.sparsity,
             "layers": [{"layer": r.layer, "params": r.params, "nonzero": r.nonzero,
                         "sparsity": r.sparsity} for r in report.rows],
-            "tflite": rows})
+            "tflite": export_and_measure(kind, final, output_dir, data, kind != "dense",
+                                         latency_runs)})
+        models.append(record)
 
-    results["wall_seconds"] = time.time() - t_start
-    table = markdown_table(results)
-    sparse_m = results["models"][1]
+    wall = time.time() - t_start
+    table = markdown_table(models)
+    results = {"config": {"epochs": epochs, "sparsity": FLAGS.sparsity,
+                          "partitions": FLAGS.partitions, "restart": FLAGS.restart,
+                          "keep_dense": FLAGS.keep_dense, "limit": limit,
+                          "batch_size": FLAGS.batch_size,
+                          "learning_rate": FLAGS.learning_rate, "seed": FLAGS.seed,
+                          "backend": keras.backend.backend()},
+               "models": models, "wall_seconds": wall}
+    title = (f"Fashion-MNIST, {epochs} epochs per model, {pct} sparse "
+             f"(all but {', '.join(FLAGS.keep_dense) or 'no layer'})")
     md = "\n".join([
-        "# keras-gap demo: dense vs sparse on Fashion-MNIST", "",
+        "# keras-gap demo: dense vs GMP vs C-GaP on Fashion-MNIST", "",
         f"Command: `python examples/demo.py {' '.join(sys.argv[1:])}`".rstrip(), "",
-        f"Sparse model: {sparse_m['description']}; prunable weights "
-        f"{sparse_m['prunable_sparsity']:.2%} sparse. Both models: {epochs} epochs, "
-        f"batch {FLAGS.batch_size}, Adam 1e-3, "
-        f"{'full 60000' if limit is None else f'first {limit}'} training images, "
-        f"{len(y_test)} test images. Backend {keras.backend.backend()}.", "",
-        table, "",
-        "Latency: median of one-thread batch-1 interpreter invocations on this machine "
-        "(kernels: XNNPACK = default delegate; built-in = TFLite's own kernels, used "
-        "where XNNPACK cannot run the model, e.g. int8 with DENSIFY ops). On x86 only "
-        "Dense layers have sparse kernels; sparse convolution weights are densified at "
-        "load time (smaller file, dense compute). Sizes: the .tflite file and its "
-        "gzip -9 size. Non-zeros: all weights, biases included.",
-        f"Training time: dense {dense_time:.0f} s, sparse {sparse_time:.0f} s; "
-        f"whole run {results['wall_seconds']:.0f} s.", "",
-        "![accuracy and per-layer sparsity](results.png)", ""])
+        f"Every model: {epochs} epochs, batch {FLAGS.batch_size}, Adam (peak "
+        f"{FLAGS.learning_rate:g}), {n_train} training images, {n_test} test images, "
+        f"backend {keras.backend.backend()}. Layers kept dense by every method: "
+        f"{', '.join(FLAGS.keep_dense) or 'none'}.", ""]
+        + [f"- {m['label']}: {m['description']}; prunable weights "
+           f"{m['prunable_sparsity']:.2%} sparse; trained in {m['train_seconds']:.0f} s."
+           for m in models]
+        + ["", table, "",
+           "Training MACs: forward+backward MACs spent over the whole fit relative to "
+           "training the dense model for the same steps (`kg.TrainingCost`; a pruned "
+           "weight costs its mask density at every step, so GMP pays for its dense start "
+           "and GaP for its one dense partition). Non-zeros: all weights, biases included. "
+           "Sizes: the .tflite file (sparse weight encoding for the pruned models) and its "
+           "gzip -9 size. Latency: median of one-thread batch-1 interpreter invocations on "
+           "this machine, which other jobs may share: compare within this table. On x86 "
+           "only Dense layers have sparse kernels, and only in TFLite's (4, 1) float "
+           "blocks run fast: unstructured sparse weights are densified at load time "
+           "(smaller file, dense compute), which is why only the TFLite-blocks model is "
+           "faster.",
+           f"Whole run: {wall:.0f} s.", "",
+           "![accuracy vs training MACs](results.png)", ""])
     with open(os.path.join(output_dir, "results.md"), "w") as f:
         f.write(md)
     with open(os.path.join(output_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
-    plot(results, os.path.join(output_dir, "results.png"))
+    plot(models, os.path.join(output_dir, "results.png"), title)
     print("\n" + table + "\n")
-    print(f"Whole run: {results['wall_seconds']:.0f} s.")
+    print(f"Whole run: {wall:.0f} s.")
     print(f"Results (results.md, results.json, results.png, models): {output_dir}")
 
 

@@ -79,35 +79,51 @@ def test_demo_fast_mode(tmp_path):
     out = tmp_path / "demo"
     stdout = run_example("demo.py", "--fast", f"--output_dir={out}")
     assert str(out) in stdout
-    for name in ("results.md", "results.json", "results.png", "dense.keras", "cgap.keras",
-                 "dense_float32.tflite", "dense_int8.tflite", "cgap_float32.tflite",
-                 "cgap_int8.tflite"):
+    kinds = ("dense", "gmp", "cgap", "cgap_tflite")
+    for name in ("results.md", "results.json", "results.png") + tuple(
+            f"{k}{suffix}" for k in kinds
+            for suffix in (".keras", "_float32.tflite", "_int8.tflite")):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     results = json.loads((out / "results.json").read_text())
-    dense, sparse = results["models"]
-    assert dense["name"] == "dense" and sparse["name"] == "cgap"
-    assert abs(sparse["prunable_sparsity"] - 0.9) < 0.005
-    assert sparse["nonzero"] < 0.2 * dense["nonzero"]
+    models = {m["name"]: m for m in results["models"]}
+    assert tuple(models) == kinds
+    dense = models["dense"]
+    assert dense["train_macs_ratio"] == pytest.approx(1.0)
+    for kind in kinds[1:]:
+        sparse = models[kind]
+        assert abs(sparse["prunable_sparsity"] - 0.9 * _prunable_share(sparse)) < 0.01
+        assert sparse["nonzero"] < 0.2 * dense["nonzero"]
+        # Sparse training spends fewer MACs than dense training.
+        assert 0.1 < sparse["train_macs_ratio"] < 0.9
+        assert sparse["tflite"]["float32"]["sparse_tensors"] > 0
+        assert (sparse["tflite"]["float32"]["gzip_bytes"]
+                < 0.5 * dense["tflite"]["float32"]["gzip_bytes"])
     # The GaP partition was logged every epoch; -1 = final fine-tuning.
-    assert sparse["history"]["gap_partition"][0] == 0
-    assert sparse["history"]["gap_partition"][-1] == -1
-    for model in (dense, sparse):
-        float_row, int8_row = model["tflite"]
-        assert float_row["dtype"] == "float32" and int8_row["dtype"] == "int8"
+    assert models["cgap"]["history"]["gap_partition"][0] == 0
+    assert models["cgap"]["history"]["gap_partition"][-1] == -1
+    for model in models.values():
+        float_row, int8_row = model["tflite"]["float32"], model["tflite"]["int8"]
         # Exported models agree with Keras on the same test images.
         assert abs(float_row["tflite_accuracy"] - model["keras_accuracy"]) <= 0.005
         assert abs(int8_row["tflite_accuracy"] - model["keras_accuracy"]) <= 0.05
         assert model["keras_accuracy"] > 0.2  # learned something (10 classes)
-        for row in model["tflite"]:
+        for row in (float_row, int8_row):
             assert row["latency_ms"] > 0 and 0 < row["gzip_bytes"] <= row["size_bytes"]
-    assert sparse["tflite"][0]["sparse_tensors"] > 0
-    assert sparse["tflite"][0]["gzip_bytes"] < 0.5 * dense["tflite"][0]["gzip_bytes"]
 
     table = (out / "results.md").read_text()
-    assert "| model | Keras acc |" in table
-    assert table.count("\n| dense |") == 2 and table.count("\n| C-GaP 90% |") == 2
+    assert "| model | test acc (Keras) |" in table
+    for label in ("dense", "GMP 90%", "C-GaP 90%", "C-GaP 90%, TFLite blocks"):
+        assert f"\n| {label} |" in table, label
+
+
+def _prunable_share(model):
+    """Fraction of the model's weights in layers the demo prunes (not conv1/logits)."""
+    kept = {"conv1", "logits"}
+    rows = model["layers"]
+    return (sum(r["params"] for r in rows if r["layer"] not in kept)
+            / sum(r["params"] for r in rows))
 
 
 def _report_rows(stdout):
