@@ -1,13 +1,32 @@
-"""Dense vs gradual magnitude pruning vs C-GaP vs P-GaP on real Fashion-MNIST.
+"""Dense vs gradual magnitude pruning (GMP) vs C-GaP vs P-GaP on real Fashion-MNIST.
 
-Every method gets the same epoch budget, the same CNN, the same optimizer and
-learning-rate schedule, the same data; sparsity is over the prunable layers
-(first conv and classifier kept dense for every pruning method). Results
-(mean and spread over seeds) go to benchmarks/results/gap_vs_baselines.{json,md,png}.
+Every method gets the same epoch budget, the same CNN, the same data and the
+same optimizer (Adam, peak learning rate 2e-3); sparsity is over the prunable
+layers (first conv and classifier kept dense for every pruning method).
+
+Variants (``--variants``), ``method[+global][+fresh]``:
+  dense, gmp: baselines (cosine decay of the learning rate over the budget).
+  cgap, pgap: GaP, uniform per-layer sparsity, ``reset_optimizer="all"``
+      (slots zeroed at each boundary, step counter running) and one cosine
+      decay over the whole budget.
+  +global: ``distribution="global"``: one magnitude threshold over the
+      partition being pruned back (the other partitions' masks stay fixed, so
+      with one layer per partition it equals uniform).
+  +erk: non-uniform per-layer ratios fixed at the start (``distribution="erk"``).
+  +fresh: the paper's restart: ``reset_optimizer="fresh"`` (a new optimizer at
+      every boundary) and ``step_lr=StepLR(2e-3, warmup=0.1)``, a cosine
+      learning-rate schedule restarted at every GaP step and over fine-tuning.
+
+Every run reports accuracy on a validation split held out from the training
+images (for choosing a setting) and on the test set (reported, never used to
+choose). Runs are cached one per line in ``<output_dir>/gap_vs_baselines_runs.jsonl``
+so a long grid can be run in parts (several invocations with different
+``--epochs``) and summarized at the end; ``--report_only`` just writes the
+summary (benchmarks/results/gap_vs_baselines.{json,md,png}).
 
 Run:
-    python benchmarks/gap_vs_baselines.py            # about an hour on 2 cores
-    python benchmarks/gap_vs_baselines.py --quick    # smoke test (a minute)
+    python benchmarks/gap_vs_baselines.py --epochs 8,24     # the full grid (hours)
+    python benchmarks/gap_vs_baselines.py --quick           # smoke test (a minute)
 """
 
 import json
@@ -23,19 +42,24 @@ from absl import app, flags  # noqa: E402
 from _machine import cpu_name  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_bool("quick", False, "Tiny run for smoke testing.")
+flags.DEFINE_bool("quick", False, "Tiny run for smoke testing (not cached with real runs).")
 flags.DEFINE_integer("train_size", 15000, "Training examples (a fixed slice of the 60k).")
-flags.DEFINE_integer("epochs", 8, "Epoch budget of every method.")
-flags.DEFINE_list("sparsities", ["0.8", "0.9", "0.95"], "Target sparsities.")
-flags.DEFINE_list("methods", ["gmp", "cgap", "pgap"], "Pruning methods.")
+flags.DEFINE_integer("val_size", 5000, "Validation examples, the next slice of the 60k "
+                     "training images (held out; used to choose settings).")
+flags.DEFINE_list("epochs", ["8"], "Epoch budgets (every method gets each budget).")
+flags.DEFINE_list("sparsities", ["0.8", "0.9"], "Target sparsities.")
+flags.DEFINE_list("variants", ["gmp", "cgap", "cgap+fresh", "cgap+global",
+                               "cgap+global+fresh", "pgap"],
+                  "Pruning variants: method[+global][+fresh] (see the module docstring).")
 flags.DEFINE_bool("dense", True, "Also train the dense baseline.")
-flags.DEFINE_integer("seeds", 3, "Seeds per configuration.")
+flags.DEFINE_integer("seeds", 3, "Seeds per configuration (seeds 0..N-1).")
+flags.DEFINE_integer("first_seed", 0, "First seed (to add seeds to a cached grid).")
 flags.DEFINE_integer("partitions", 3, "GaP partitions.")
 flags.DEFINE_integer("rounds", 2, "GaP rounds.")
-flags.DEFINE_string("distribution", "uniform", "GaP sparsity distribution (uniform, erk, global).")
-flags.DEFINE_enum("reset_optimizer", "all", ["regrown", "all", "none"],
-                  "GaPCallback's optimizer reset at each boundary.")
+flags.DEFINE_float("peak_lr", 2e-3, "Peak learning rate of every method.")
+flags.DEFINE_float("warmup", 0.1, "+fresh: warmup fraction of each GaP step.")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
+flags.DEFINE_bool("report_only", False, "Only summarize the cached runs.")
 flags.DEFINE_string("output_dir", os.path.join(os.path.dirname(__file__), "results"),
                     "Where results are written.")
 
@@ -57,112 +81,197 @@ def build_cnn():
     ], name="cnn")
 
 
-def prepare(method, sparsity, steps_per_epoch, epochs, seed):
-    """Returns (model ready to compile, callbacks) for one method."""
+def parse_variant(variant):
+    """"cgap+global+fresh" -> ("cgap", "global", True)."""
+    method, *options = variant.split("+")
+    unknown = set(options) - {"global", "erk", "fresh"}
+    if method not in ("dense", "gmp", "cgap", "pgap") or unknown or (
+            method in ("dense", "gmp") and options):
+        raise app.UsageError(f"Unknown variant {variant!r}: expected dense, gmp, or "
+                             "cgap/pgap with optional +global or +erk, and +fresh.")
+    distribution = next((o for o in options if o in ("global", "erk")), "uniform")
+    return method, distribution, "fresh" in options
+
+
+def prepare(variant, sparsity, steps_per_epoch, epochs, seed):
+    """Returns (model ready to compile, callbacks, optimizer) for one variant."""
+    import keras
     import keras_gap as kg
+    method, distribution, fresh = parse_variant(variant)
+    total = epochs * steps_per_epoch
+    cosine = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(FLAGS.peak_lr, total))
     model = build_cnn()
     if method == "dense":
-        return model, []
-    prune_steps = int(0.75 * epochs * steps_per_epoch)  # 3/4 sparsifying, 1/4 fine-tuning
+        return model, [], cosine
+    prune_steps = int(0.75 * total)  # 3/4 sparsifying, 1/4 fine-tuning
     if method == "gmp":
         schedule = kg.PolynomialDecay(0.0, sparsity, begin_step=0, end_step=prune_steps,
                                       frequency=max(1, steps_per_epoch // 4))
         pruned = kg.prune_low_magnitude(
             model, pruning_schedule=schedule,
             pruning_policy=lambda layer: layer.name not in KEEP_DENSE)
-        return pruned, [kg.UpdatePruningStep()]
+        return pruned, [kg.UpdatePruningStep()], cosine
     k, rounds = FLAGS.partitions, FLAGS.rounds
+    steps_per_step = max(1, prune_steps // (k * rounds))
     pruned = kg.prune_gap(model, target_sparsity=sparsity, num_partitions=k,
-                          steps_per_step=max(1, prune_steps // (k * rounds)), rounds=rounds,
+                          steps_per_step=steps_per_step, rounds=rounds,
+                          finetune_steps=total - k * rounds * steps_per_step,
                           keep_dense=KEEP_DENSE, method=method, seed=seed,
-                          distribution=FLAGS.distribution)
-    return pruned, [kg.GaPCallback(reset_optimizer=FLAGS.reset_optimizer, verbose=0)]
+                          distribution=distribution)
+    if fresh:
+        callback = kg.GaPCallback(reset_optimizer="fresh", verbose=0,
+                                  step_lr=kg.gap.StepLR(FLAGS.peak_lr, warmup=FLAGS.warmup))
+        return pruned, [callback], keras.optimizers.Adam(FLAGS.peak_lr)
+    return pruned, [kg.GaPCallback(reset_optimizer="all", verbose=0)], cosine
 
 
-def run_one(method, sparsity, seed, data, epochs):
+def training_cost_callback():
+    """The shared training-cost callback (sparse-aware MACs relative to dense), if any."""
+    import keras_gap as kg
+    cls = getattr(kg, "TrainingCost", None)
+    return cls() if cls is not None else None
+
+
+def _relative_cost(cost):
+    try:
+        return float(cost.relative)
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def accuracy(model, x, y):
+    return float((model.predict(x, batch_size=512, verbose=0).argmax(-1) == y).mean())
+
+
+def run_one(variant, sparsity, seed, data, epochs):
     import keras
     import keras_gap as kg
-    (x, y), (xt, yt) = data
+    (x, y), (xv, yv), (xt, yt) = data
     keras.utils.set_random_seed(seed)
     steps_per_epoch = -(-len(x) // FLAGS.batch_size)
-    model, callbacks = prepare(method, sparsity, steps_per_epoch, epochs, seed)
-    lr = keras.optimizers.schedules.CosineDecay(2e-3, epochs * steps_per_epoch)
-    model.compile(keras.optimizers.Adam(lr),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    model, callbacks, optimizer = prepare(variant, sparsity, steps_per_epoch, epochs, seed)
+    cost = training_cost_callback()
+    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
     start = time.time()
     model.fit(x, y, batch_size=FLAGS.batch_size, epochs=epochs, verbose=0,
-              callbacks=callbacks)
+              callbacks=callbacks + ([cost] if cost is not None else []))
     seconds = time.time() - start
-    final = kg.strip_pruning(model) if method != "dense" else model
-    acc = float((final.predict(xt, batch_size=512, verbose=0).argmax(-1) == yt).mean())
+    final = kg.strip_pruning(model) if variant != "dense" else model
     report = kg.sparsity_report(final)
     pruned_rows = [r for r in report.rows if r.layer not in KEEP_DENSE]
     nz = sum(r.nonzero for r in pruned_rows)
     total = sum(r.params for r in pruned_rows)
-    return {"method": method, "target": sparsity, "seed": seed, "accuracy": float(acc),
-            "sparsity_prunable": 1 - nz / total, "sparsity_all": report.sparsity,
+    return {"variant": variant, "target": sparsity, "seed": seed, "epochs": epochs,
+            "val_accuracy": accuracy(final, xv, yv), "accuracy": accuracy(final, xt, yt),
+            "sparsity_prunable": 1 - nz / total if total else 0.0,
+            "sparsity_all": report.sparsity,
+            "layer_sparsity": {r.layer: r.sparsity for r in pruned_rows},
+            "train_macs_ratio": _relative_cost(cost),
             "train_seconds": seconds}
+
+
+def run_key(r):
+    return (r["variant"], float(r["target"]), int(r["seed"]), int(r["epochs"]))
 
 
 def summarize(runs):
     table = {}
     for r in runs:
-        table.setdefault((r["method"], r["target"]), []).append(r["accuracy"])
+        table.setdefault((r["epochs"], r["target"], r["variant"]), []).append(r)
     out = []
-    for (method, target), accs in sorted(table.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        out.append({"method": method, "target": target, "n": len(accs),
-                    "mean": statistics.mean(accs),
-                    "std": statistics.stdev(accs) if len(accs) > 1 else 0.0})
+    for (epochs, target, variant), rs in sorted(table.items()):
+        test = [r["accuracy"] for r in rs]
+        val = [r["val_accuracy"] for r in rs]
+        macs = [r["train_macs_ratio"] for r in rs if r.get("train_macs_ratio") is not None]
+        out.append({"variant": variant, "target": target, "epochs": epochs, "n": len(rs),
+                    "mean": statistics.mean(test),
+                    "std": statistics.stdev(test) if len(test) > 1 else 0.0,
+                    "val_mean": statistics.mean(val),
+                    "train_macs_ratio": statistics.mean(macs) if macs else None,
+                    "seeds": sorted(r["seed"] for r in rs)})
     return out
 
 
-def write_results(runs, summary, meta):
-    os.makedirs(FLAGS.output_dir, exist_ok=True)
-    stem = os.path.join(FLAGS.output_dir, "gap_vs_baselines" + ("_quick" if FLAGS.quick else ""))
+def write_results(runs, summary, meta, stem):
     with open(stem + ".json", "w") as f:
         json.dump({"meta": meta, "summary": summary, "runs": runs}, f, indent=2)
-    dense = next((s for s in summary if s["method"] == "dense"), None)
     lines = [f"# GaP vs baselines on Fashion-MNIST ({meta['date']})", "",
-             f"Command: `{meta['command']}`", "",
+             f"Commands: {meta['commands']}", "",
              f"Machine: {meta['machine']}. Data: {meta['train_size']} training images "
-             f"(fixed slice), full 10k test set. Budget: {meta['epochs']} epochs for every "
-             f"method, batch {meta['batch_size']}, Adam 2e-3 with cosine decay. CNN "
-             f"(conv16-conv32-pool-conv64-pool-fc128-fc10); conv1 and the classifier stay "
-             f"dense; sparsity is over the other layers. GaP: {meta['partitions']} "
-             f"partitions, {meta['rounds']} rounds over 3/4 of the budget, then "
-             f"fine-tuning, reset_optimizer={meta['reset_optimizer']!r}. "
-             f"GMP: PolynomialDecay (cubic) to the target over 3/4 of the "
-             f"budget. Seeds: {meta['seeds']}.", "",
-             "| method | target sparsity | test accuracy (mean ± std) | vs dense |",
-             "|---|---|---|---|"]
-    for s in summary:
-        delta = f"{(s['mean'] - dense['mean']) * 100:+.2f} pts" if dense else ""
-        target = "-" if s["method"] == "dense" else f"{s['target']:.0%}"
-        lines.append(f"| {s['method']} | {target} | {s['mean']:.4f} ± {s['std']:.4f} "
-                     f"(n={s['n']}) | {delta} |")
+             f"(fixed slice), validation: the next {meta['val_size']} training images "
+             "(held out, used to choose), full 10k test set (reported only). CNN "
+             "(conv16-conv32-pool-conv64-pool-fc128-fc10); conv1 and the classifier stay "
+             "dense; sparsity is over the other layers. Every method: the same epoch "
+             f"budget, batch {meta['batch_size']}, Adam with peak learning rate "
+             f"{meta['peak_lr']}. GMP: PolynomialDecay (cubic) to the target over 3/4 of "
+             f"the budget. GaP: {meta['partitions']} partitions, {meta['rounds']} rounds "
+             "over 3/4 of the budget, then fine-tuning. Plain variants (`cgap`, `pgap`, "
+             "`gmp`, `dense`): one cosine decay over the whole budget; GaP with "
+             "`reset_optimizer='all'`. `+fresh`: `reset_optimizer='fresh'` and "
+             f"`step_lr=StepLR({meta['peak_lr']}, warmup={meta['warmup']})` (cosine "
+             "restarted at every GaP step and over fine-tuning). `+global`: "
+             "`distribution='global'`. Training MACs: forward+backward MACs spent over "
+             "the whole run relative to training the dense model for the same steps "
+             "(sparse-aware: each pruned weight counted by its mask density at each step).",
+             ""]
+    for epochs in sorted({s["epochs"] for s in summary}):
+        rows = [s for s in summary if s["epochs"] == epochs]
+        dense = next((s for s in rows if s["variant"] == "dense"), None)
+        lines += [f"## {epochs} epochs", "",
+                  "| variant | target | val acc | test acc (mean ± std) | vs dense (test) "
+                  "| training MACs vs dense |", "|---|---|---|---|---|---|"]
+        for s in sorted(rows, key=lambda s: (s["target"], s["variant"] != "dense",
+                                            s["variant"] != "gmp", s["variant"])):
+            delta = f"{(s['mean'] - dense['mean']) * 100:+.2f} pts" if dense else ""
+            target = "-" if s["variant"] == "dense" else f"{s['target']:.0%}"
+            macs = ("n/a" if s["train_macs_ratio"] is None
+                    else f"{s['train_macs_ratio']:.2f}x")
+            lines.append(f"| {s['variant']} | {target} | {s['val_mean']:.4f} | "
+                         f"{s['mean']:.4f} ± {s['std']:.4f} (n={s['n']}) | {delta} | "
+                         f"{macs} |")
+        lines.append("")
     with open(stem + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
+        f.write("\n".join(lines))
+    plot(summary, stem + ".png")
+
+
+def plot(summary, path):
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for method in sorted({s["method"] for s in summary} - {"dense"}):
-            pts = [s for s in summary if s["method"] == method]
-            ax.errorbar([p["target"] for p in pts], [p["mean"] for p in pts],
-                        yerr=[p["std"] for p in pts], marker="o", capsize=3, label=method)
+    except ImportError:
+        return
+    budgets = sorted({s["epochs"] for s in summary})
+    fig, axes = plt.subplots(1, len(budgets), figsize=(6 * len(budgets), 4.5), squeeze=False)
+    variants = sorted({s["variant"] for s in summary} - {"dense"})
+    for ax, epochs in zip(axes[0], budgets):
+        rows = [s for s in summary if s["epochs"] == epochs]
+        for i, variant in enumerate(variants):
+            pts = sorted((s for s in rows if s["variant"] == variant), key=lambda s: s["target"])
+            if pts:
+                ax.errorbar([p["target"] + (i - len(variants) / 2) * 0.003 for p in pts],
+                            [p["mean"] for p in pts], yerr=[p["std"] for p in pts],
+                            marker="o", capsize=3, label=variant)
+        dense = next((s for s in rows if s["variant"] == "dense"), None)
         if dense:
             ax.axhline(dense["mean"], color="k", ls="--", label="dense")
         ax.set_xlabel("target sparsity (prunable layers)")
         ax.set_ylabel("test accuracy")
-        ax.set_title("Fashion-MNIST, same epoch budget")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(stem + ".png", dpi=120)
-    except ImportError:
-        pass
-    return stem
+        ax.set_title(f"Fashion-MNIST, {epochs} epochs for every method")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def load_cache(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 def main(argv):
@@ -170,36 +279,55 @@ def main(argv):
     import keras
     import keras_gap as kg
     if FLAGS.quick:
-        FLAGS.train_size, FLAGS.epochs, FLAGS.seeds = 2000, 3, 1
-        FLAGS.sparsities, FLAGS.rounds = ["0.9"], 1
-    x, y = kg.datasets.load_numpy("fashion_mnist", "train", limit=FLAGS.train_size)
-    xt, yt = kg.datasets.load_numpy("fashion_mnist", "test")
-    prep = lambda a: (a.astype("float32") / 255.0).reshape(-1, 28, 28, 1)
-    data = ((prep(x), y), (prep(xt), yt))
-    sparsities = [float(s) for s in FLAGS.sparsities]
-    configs = [("dense", 0.0, s) for s in range(FLAGS.seeds)] if FLAGS.dense else []
-    configs += [(m, sp, s) for sp in sparsities for m in FLAGS.methods
-                for s in range(FLAGS.seeds)]
-    runs = []
-    t0 = time.time()
-    for i, (method, sparsity, seed) in enumerate(configs):
-        result = run_one(method, sparsity, seed, data, FLAGS.epochs)
-        runs.append(result)
-        print(f"[{i + 1}/{len(configs)}] {method} s={sparsity} seed={seed}: "
-              f"acc={result['accuracy']:.4f} sparsity={result['sparsity_prunable']:.4f} "
-              f"({result['train_seconds']:.0f}s; {time.time() - t0:.0f}s total)", flush=True)
-    meta = {"date": time.strftime("%Y-%m-%d"), "command": "python " + " ".join(sys.argv),
-            "machine": f"{cpu_name()}, {os.cpu_count()} cores, "
+        FLAGS.train_size, FLAGS.val_size, FLAGS.seeds = 2000, 500, 1
+        FLAGS.epochs, FLAGS.sparsities, FLAGS.rounds = ["3"], ["0.9"], 1
+    os.makedirs(FLAGS.output_dir, exist_ok=True)
+    stem = os.path.join(FLAGS.output_dir, "gap_vs_baselines" + ("_quick" if FLAGS.quick else ""))
+    cache_path = stem + "_runs.jsonl"
+    variants = ["dense"] * FLAGS.dense + list(FLAGS.variants)
+    for v in variants:
+        parse_variant(v)
+    runs = load_cache(cache_path)
+    done = {run_key(r) for r in runs}
+    if not FLAGS.report_only:
+        x, y = kg.datasets.load_numpy("fashion_mnist", "train",
+                                      limit=FLAGS.train_size + FLAGS.val_size)
+        xt, yt = kg.datasets.load_numpy("fashion_mnist", "test")
+        prep = lambda a: (a.astype("float32") / 255.0).reshape(-1, 28, 28, 1)  # noqa: E731
+        n = FLAGS.train_size
+        data = ((prep(x[:n]), y[:n]), (prep(x[n:]), y[n:]), (prep(xt), yt))
+        configs = [(v, 0.0 if v == "dense" else float(sp), seed, int(e))
+                   for e in FLAGS.epochs
+                   for seed in range(FLAGS.first_seed, FLAGS.first_seed + FLAGS.seeds)
+                   for sp in FLAGS.sparsities for v in variants]
+        configs = list(dict.fromkeys(c for c in configs if c not in done))
+        t0 = time.time()
+        for i, (variant, sparsity, seed, epochs) in enumerate(configs):
+            result = run_one(variant, sparsity, seed, data, epochs)
+            result["command"] = "python " + " ".join(sys.argv)
+            runs.append(result)
+            with open(cache_path, "a") as f:
+                f.write(json.dumps(result) + "\n")
+            print(f"[{i + 1}/{len(configs)}] {variant} s={sparsity} seed={seed} "
+                  f"epochs={epochs}: val={result['val_accuracy']:.4f} "
+                  f"test={result['accuracy']:.4f} sparsity={result['sparsity_prunable']:.4f} "
+                  f"({result['train_seconds']:.0f}s; {time.time() - t0:.0f}s total)",
+                  flush=True)
+    if not runs:
+        sys.exit(f"No runs in {cache_path}.")
+    meta = {"date": time.strftime("%Y-%m-%d"),
+            "commands": ", ".join(sorted({f"`{r['command']}`" for r in runs
+                                          if r.get("command")})),
+            "machine": f"{cpu_name()}, {os.cpu_count()} cores (shared with other jobs), "
                        f"keras {keras.__version__} ({keras.backend.backend()})",
-            "train_size": FLAGS.train_size, "epochs": FLAGS.epochs,
+            "train_size": FLAGS.train_size, "val_size": FLAGS.val_size,
             "batch_size": FLAGS.batch_size, "partitions": FLAGS.partitions,
-            "rounds": FLAGS.rounds, "seeds": FLAGS.seeds, "distribution": FLAGS.distribution,
-            "reset_optimizer": FLAGS.reset_optimizer,
-            "wall_seconds": time.time() - t0}
+            "rounds": FLAGS.rounds, "peak_lr": FLAGS.peak_lr, "warmup": FLAGS.warmup,
+            "train_seconds_total": sum(r["train_seconds"] for r in runs)}
     summary = summarize(runs)
-    stem = write_results(runs, summary, meta)
+    write_results(runs, summary, meta, stem)
     print(open(stem + ".md").read())
-    print(f"Results written to {stem}.{{json,md,png}}")
+    print(f"Results written to {stem}.{{json,md,png}} (runs cached in {cache_path})")
 
 
 if __name__ == "__main__":
