@@ -19,6 +19,7 @@ console._from_environment()  # opt-in (KERAS_GAP_QUIET=1) only; see keras_gap/co
 
 from keras_gap import (criteria, datasets, distributions, export, gradients, masks,  # noqa: E402
                        registry, structured)
+from keras_gap import growing  # noqa: E402
 from keras_gap.callbacks import PruningSummaries, UpdatePruningStep
 from keras_gap.gap import (GaPCallback, GaPPruningSchedule, gap_partitions,
                            gap_total_epochs, prune_gap)
@@ -35,7 +36,7 @@ __all__ = [
     "ConstantSparsity", "FlopsReport", "GaPCallback", "GaPPruningSchedule", "PolynomialDecay",
     "PruneLowMagnitude", "PruningSchedule", "PruningSummaries", "SparsityReport",
     "TrainingCost", "UpdatePruningStep", "channel_groups", "criteria", "datasets", "distributions", "export",
-    "flops_report", "gap_partitions",
+    "flops_report", "gap_partitions", "growing",
     "gap_total_epochs", "gradients", "masks", "materialize", "prune_gap", "prune_low_magnitude", "registry",
     "sparsity_report", "strip_pruning", "structured",
 ]

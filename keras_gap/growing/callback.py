@@ -1,0 +1,222 @@
+"""`GrowingCallback`: temperature, budget penalty and cost accounting of growing networks.
+
+Schedule (Continuous Sparsification's, per epoch; the planned epochs are
+split into ``rounds`` equal rounds of R epochs):
+
+* temperature: ``beta = final_temperature ** (e / (R - 1))`` at epoch ``e`` of
+  its round (1 at a round's start, ``final_temperature`` at its end);
+* at the end of every round but the last, scores are clipped and beta
+  restarts: ``s <- min(beta * s, initial_score)`` (the soft gates keep their
+  value, the "on" structures are reset to the seed's confidence);
+* budget penalty: the loss adds ``lambda * sum_g cost_g * sigmoid(beta * s_g)``
+  over every structure g (channel of a gated group, residual block), with
+  ``cost_g`` its share of the full space's inference MACs (or parameters
+  for ``Budget(params=...)``; see `GateStructure.costs`);
+* lambda adaptation, at every epoch end:
+  ``lambda <- clip(lambda * exp(penalty_rate * (r - t) / t), 1e-6, 1e4)``
+  where ``r`` is the hard-gate (finalized) cost ratio and ``t`` the target:
+  raised while over budget, lowered while under.
+
+Cost accounting (epoch logs, so the progress bar, ``History`` and
+TensorBoard): ``flops`` the expected inference MACs ratio of the gated network
+(gate probabilities ``sigmoid(beta * s)``), ``flops_sampled`` that of the last
+step's sampled gates, ``flops_final`` that of the hard gates (what `finalize`
+gives), ``train_flops`` the running training MACs spent on active structures
+relative to training the full space (each epoch charged the mean of its
+expected ratio at its start and end: the expected cost of the sampled
+networks), ``channels`` / ``blocks`` the active gated channels and blocks,
+``beta`` and ``penalty`` (lambda). On this hardware the wall time does not
+fall during training: gated-off structures are still computed (multiplied by
+0); the savings are real only once `finalize` removes them.
+"""
+
+import math
+import os
+
+import keras
+import numpy as np
+
+from keras_gap.growing import gating
+from keras_gap.growing.gates import (BLOCK, EPOCH, TOTAL_EPOCHS, TRAIN_COST,
+                                     TRAIN_EPOCHS)
+
+_LAMBDA_RANGE = (1e-6, 1e4)
+
+
+class GrowingCallback(keras.callbacks.Callback):
+    """Drives the temperature and the budget penalty of a gated model.
+
+    Use it in every ``fit`` of a model from `add_gates`. The schedule's state
+    (epoch, planned epochs, beta, lambda, training cost so far) lives in the
+    model's gate variables, so a gated model saved to ``.keras`` and loaded
+    continues the same schedule (pass a new callback to the resumed ``fit``).
+
+    Gate scores (variables named ``gate_score``) are trained by the model's
+    optimizer, which this callback tells to skip them in weight decay (as
+    ``optimizer.exclude_from_weight_decay(var_names=["gate_score"])`` would).
+    Their step size is the optimizer's learning rate: a larger
+    ``initial_score`` (`add_gates`) makes structures switch more slowly, a
+    larger ``penalty`` makes the budget pull harder.
+
+    Args:
+        final_temperature: beta at the end of each round (> 1).
+        rounds: number of rounds (int >= 1).
+        epochs: planned epochs of the whole schedule; None takes the
+            ``epochs`` of the first ``fit`` (saved in the model).
+        penalty: initial lambda (>= 0) when a budget is set.
+        penalty_rate: speed of the lambda adaptation (>= 0; 0 keeps it fixed).
+        log_dir: directory for TensorBoard scalars (``<log_dir>/growing``;
+            needs TensorFlow installed), or None.
+
+    Returns:
+        A Keras callback.
+
+    Example:
+        >>> gated.fit(x, y, epochs=10,
+        ...           callbacks=[kg.growing.GrowingCallback(final_temperature=200)])
+    """
+
+    def __init__(self, final_temperature=200.0, rounds=1, epochs=None, penalty=1.0,
+                 penalty_rate=1.0, log_dir=None):
+        super().__init__()
+        if isinstance(final_temperature, bool) or not isinstance(
+                final_temperature, (int, float)) or final_temperature <= 1:
+            raise ValueError("`final_temperature` must be a number > 1; received "
+                             f"{final_temperature!r}.")
+        for name, value, low in (("rounds", rounds, 1), ("epochs", epochs, 1)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < low):
+                raise ValueError(f"`{name}` must be an int >= {low}; received {value!r}.")
+        for name, value in (("penalty", penalty), ("penalty_rate", penalty_rate)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"`{name}` must be a number >= 0; received {value!r}.")
+        if log_dir is not None and (not isinstance(log_dir, (str, os.PathLike))
+                                    or not str(log_dir)):
+            raise ValueError(f"`log_dir` must be a directory path or None; received "
+                             f"{log_dir!r}.")
+        self.final_temperature = float(final_temperature)
+        self.rounds = rounds
+        self.epochs = epochs
+        self.penalty = float(penalty)
+        self.penalty_rate = float(penalty_rate)
+        self.log_dir = None if log_dir is None else os.fspath(log_dir)
+        self._writer = None
+
+    # State in the model ------------------------------------------------------------
+    def _state(self):
+        return np.array(keras.ops.convert_to_numpy(self.gates[0].schedule), dtype=np.float64)
+
+    def _set_state(self, state):
+        for g in self.gates:
+            g.schedule.assign(state.astype("float32"))
+
+    def _assign(self, name, value):
+        for g in self.gates:
+            getattr(g, name).assign(value)
+
+    def temperature(self, epoch):
+        """beta at schedule epoch ``epoch`` (0-based)."""
+        per_round = self._per_round()
+        position = min(epoch - per_round * min(epoch // per_round, self.rounds - 1),
+                       per_round - 1)
+        return self.final_temperature ** (position / max(per_round - 1, 1))
+
+    def _per_round(self):
+        return max(1, math.ceil(self._total / self.rounds))
+
+    # Keras hooks ---------------------------------------------------------------------
+    def on_train_begin(self, logs=None):
+        model = self.model
+        self.gates = gating.gates_of(model)
+        if not self.gates:
+            raise ValueError(
+                f"GrowingCallback: model {model.name!r} has no growing gates; make it with "
+                "keras_gap.growing.add_gates(space, ...) and fit that model.")
+        self.structure = gating.GateStructure(model)
+        self.kind = self.gates[0].budget_kind
+        self.target = self.gates[0].budget
+        state = self._state()
+        if state[TOTAL_EPOCHS] == 0:
+            total = self.epochs or int((self.params or {}).get("epochs") or 1)
+            state[TOTAL_EPOCHS] = total
+            self._set_state(state)
+            self._assign("penalty", self.penalty if self.kind is not None else 0.0)
+        self._total = int(state[TOTAL_EPOCHS])
+        self._exclude_from_weight_decay(model)
+        if self.log_dir is not None and self._writer is None:
+            import tensorflow as tf  # TensorBoard's writer; lazily imported.
+            os.makedirs(self.log_dir, exist_ok=True)
+            self._tf = tf
+            self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "growing"))
+
+    def _exclude_from_weight_decay(self, model):
+        """Gate scores get no weight decay (Continuous Sparsification's setting).
+
+        ``Optimizer.exclude_from_weight_decay`` refuses a built optimizer and
+        Keras builds it before callbacks start on some backends, so the score
+        variables are added to the optimizer's exclusion set directly; the
+        train step, traced at its first call, reads it.
+        """
+        opt = getattr(model, "optimizer", None)
+        if opt is None or not getattr(opt, "weight_decay", None):
+            return
+        keys = {opt._var_key(g.score) for g in self.gates}
+        opt._exclude_from_weight_decay = set(
+            getattr(opt, "_exclude_from_weight_decay", None) or ()) | keys
+        cache = getattr(opt, "_exclude_from_weight_decay_cache", None)
+        if cache is not None:
+            for key in keys:
+                cache.pop(key, None)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model  # JAX: sync the trainer's state before editing variables.
+        e = int(self._state()[EPOCH])
+        self._assign("beta", self.temperature(e))
+        self._begin_ratio = self.structure.ratio(
+            [gating.soft_gates(g) for g in self.gates], "flops")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.model  # JAX: sync the trainer's state before reading it.
+        gates, structure = self.gates, self.structure
+        soft = [gating.soft_gates(g) for g in gates]
+        hard = [gating.hard_gates(g) for g in gates]
+        expected = structure.ratio(soft, "flops")
+        values = {"flops": expected,
+                  "flops_sampled": structure.ratio([gating.sampled_gates(g) for g in gates],
+                                                   "flops"),
+                  "flops_final": structure.ratio(hard, "flops")}
+        state = self._state()
+        state[TRAIN_COST] += 0.5 * (self._begin_ratio + expected)
+        state[TRAIN_EPOCHS] += 1
+        values["train_flops"] = state[TRAIN_COST] / state[TRAIN_EPOCHS]
+        channels, blocks = structure.active(hard)
+        values["channels"] = channels
+        if any(g.kind == BLOCK for g in gates):
+            values["blocks"] = blocks
+        values["beta"] = float(keras.ops.convert_to_numpy(gates[0].beta))
+        if self.kind is not None:
+            lam = float(keras.ops.convert_to_numpy(gates[0].penalty))
+            values["penalty"] = lam
+            r = structure.ratio(hard, self.kind)
+            if self.kind == "params":
+                values["params_final"] = r
+            lam = float(np.clip(lam * math.exp(self.penalty_rate * (r - self.target)
+                                               / self.target), *_LAMBDA_RANGE))
+            self._assign("penalty", lam)
+        state[EPOCH] += 1
+        e = int(state[EPOCH])
+        if e % self._per_round() == 0 and e < self._per_round() * self.rounds:
+            self._end_round(values["beta"])
+        self._set_state(state)
+        if logs is not None:
+            logs.update(values)
+        if self._writer is not None:
+            with self._writer.as_default(step=e):
+                for tag, value in values.items():
+                    self._tf.summary.scalar(f"growing/{tag}", value)
+            self._writer.flush()
+
+    def _end_round(self, beta):
+        for g in self.gates:
+            s = np.asarray(keras.ops.convert_to_numpy(g.score), dtype=np.float64)
+            g.score.assign(np.minimum(beta * s, g.initial_score).astype("float32"))
