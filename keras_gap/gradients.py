@@ -98,6 +98,7 @@ class GradientRecorder(keras.optimizers.Optimizer):
     # Recording --------------------------------------------------------------
     def _record(self, grads):
         slot = ops.mod(self._recorded_batches.value, self.num_batches)
+        grads = _all_reduce_replica_gradients(grads)
         for index, buf in self._order:
             g = grads[index]
             if g is None:
@@ -209,6 +210,36 @@ class GradientRecorder(keras.optimizers.Optimizer):
         return cls(inner, **config)
 
 
+def _all_reduce_replica_gradients(grads):
+    """Under `tf.distribute` (replica context), the global batch's gradients.
+
+    Keras applies gradients per replica and sums them across replicas inside
+    the optimizer update; the recorder sees them before that sum, so it sums
+    them itself (each replica's loss is already divided by the number of
+    replicas): every replica records the gradient single-device training sees.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return grads  # JAX / torch: the step already sees global gradients
+    import tensorflow as tf
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync <= 1:
+        return grads
+    picked = [i for i, g in enumerate(grads) if g is not None]
+    reduced = context.all_reduce(tf.distribute.ReduceOp.SUM, [grads[i] for i in picked])
+    grads = list(grads)
+    for i, g in zip(picked, reduced):
+        grads[i] = g
+    return grads
+
+
+def _strategy_scope(model):
+    """The model's `tf.distribute` strategy scope (a no-op elsewhere), so
+    variables created for it are replicated like the model's own."""
+    import contextlib
+    strategy = getattr(model, "distribute_strategy", None)
+    return strategy.scope() if strategy is not None else contextlib.nullcontext()
+
+
 def find_recorder(optimizer):
     """The `GradientRecorder` in an optimizer chain, or None."""
     seen = 0
@@ -318,9 +349,10 @@ def attach_recorder(model, variables, num_batches=1):
                     "the pruning criterion needs. Create it with variables=None "
                     "(all kernels) or list these variables.")
         return existing, False
-    recorder = GradientRecorder(optimizer, variables=list(variables),
-                                num_batches=num_batches)
-    recorder.build(model.trainable_variables)
+    with _strategy_scope(model):  # MirroredStrategy: mirrored buffers
+        recorder = GradientRecorder(optimizer, variables=list(variables),
+                                    num_batches=num_batches)
+        recorder.build(model.trainable_variables)
     model.optimizer = recorder
     model.train_function = None
     model.make_train_function()

@@ -3,8 +3,9 @@
 from keras_gap.gap.api import gap_partitions, gap_total_epochs, prune_gap
 from keras_gap.gap.callback import GaPCallback
 from keras_gap.gap.partition import partition_layers
+from keras_gap.gap.ray_runner import PGaPRunner  # Ray itself is imported lazily
 from keras_gap.gap.schedule import GaPPruningSchedule
 from keras_gap.gap.step_lr import StepLR
 
-__all__ = ["GaPCallback", "GaPPruningSchedule", "gap_partitions", "gap_total_epochs",
-           "partition_layers", "prune_gap", "StepLR"]
+__all__ = ["GaPCallback", "GaPPruningSchedule", "PGaPRunner", "gap_partitions",
+           "gap_total_epochs", "partition_layers", "prune_gap", "StepLR"]

@@ -1,0 +1,55 @@
+"""Pruning under data-parallel training on 2 logical CPU devices.
+
+TensorFlow: `tf.distribute.MirroredStrategy`; JAX: `keras.distribution.DataParallel`.
+Device configuration must precede TensorFlow / JAX initialization, so every
+backend's cases run in one fresh subprocess (subprocess_scripts/data_parallel.py).
+After every training step: masks, step counters, pruned weights (and FGGP's
+recorded gradients) identical on every replica, masked entries exactly zero;
+at the end: equal to single-device training from the same start within float
+tolerance.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(__file__)
+SCRIPT = os.path.join(HERE, "subprocess_scripts", "data_parallel.py")
+CASES = ["unstructured", "block", "n_by_m", "global", "fggp", "channel",
+         "gap_cgap", "gap_pgap"]
+_RESULTS = {}
+
+
+def _results(backend):
+    if backend not in _RESULTS:
+        if importlib.util.find_spec(backend) is None:
+            pytest.skip(f"{backend} is not installed")
+        env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        out = subprocess.run([sys.executable, SCRIPT, *CASES], capture_output=True,
+                             text=True, env=env, timeout=900)
+        rows = [json.loads(line[len("RESULT "):]) for line in out.stdout.splitlines()
+                if line.startswith("RESULT ")]
+        if out.returncode != 0 or not rows:
+            pytest.fail(f"data_parallel.py failed on {backend}:\n{out.stderr[-4000:]}")
+        _RESULTS[backend] = {r["case"]: r for r in rows}
+    return _RESULTS[backend]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+@pytest.mark.parametrize("case", CASES)
+def test_pruning_under_data_parallel(backend, case):
+    result = _results(backend).get(case)
+    assert result is not None, f"no result for {case}"
+    assert result["ok"], result.get("traceback") or result["error"]
+    assert result["replicas"] == 2, "the variables were not replicated on 2 devices"
+    assert result["steps_checked"] == 6
+    assert result["max_replica_diff"] == 0.0      # masks, counters, weights agree
+    assert result["masked_nonzero"] == 0          # masked entries exactly zero
+    assert set(result["steps"]) == {6}            # every wrapper counted 6 steps
+    assert result["max_diff_vs_single"] < 1e-5    # same as one device
+    assert result["sparsity"] > 0.45
