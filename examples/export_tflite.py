@@ -28,8 +28,13 @@ Run:
 
 import json
 import os
+import sys
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# Third-party logs (TensorFlow C++, TFLite converter, TFDS) are hidden unless --verbose:
+# keras_gap reads KERAS_GAP_QUIET when it is imported, before TensorFlow loads.
+os.environ["KERAS_GAP_QUIET"] = ("0" if "--verbose" in sys.argv[1:]
+                                 else os.environ.get("KERAS_GAP_QUIET", "1"))
 
 from absl import app, flags, logging  # noqa: E402
 
@@ -50,6 +55,7 @@ flags.DEFINE_integer("calibration", 300, "Training images used to calibrate int8
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_string("output_dir", "out/export_tflite", "Where the models go.")
+flags.DEFINE_bool("verbose", False, "Show TensorFlow, TFLite and TFDS logs (hidden by default).")
 
 
 def build_model(arch):
@@ -141,9 +147,9 @@ def main(argv):
     import gzip
     import math
 
+    import keras_gap as kg  # first: see KERAS_GAP_QUIET above
     import keras
     import numpy as np
-    import keras_gap as kg
 
     keras.utils.set_random_seed(FLAGS.seed)
     x, y = kg.datasets.load_numpy("fashion_mnist", "train", limit=FLAGS.limit)

@@ -12,8 +12,13 @@ Run:
 """
 
 import os
+import sys
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# Third-party logs (TensorFlow C++, TFLite converter, TFDS) are hidden unless --verbose:
+# keras_gap reads KERAS_GAP_QUIET when it is imported, before TensorFlow loads.
+os.environ["KERAS_GAP_QUIET"] = ("0" if "--verbose" in sys.argv[1:]
+                                 else os.environ.get("KERAS_GAP_QUIET", "1"))
 
 from absl import app, flags  # noqa: E402
 
@@ -32,6 +37,7 @@ flags.DEFINE_integer("limit", None, "Use only the first N training images (smoke
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_string("output_dir", "out/gap_fashion_mnist", "Where the model and logs go.")
+flags.DEFINE_bool("verbose", False, "Show TensorFlow, TFLite and TFDS logs (hidden by default).")
 
 
 def build_model():
@@ -52,8 +58,8 @@ def build_model():
 
 def main(argv):
     del argv
+    import keras_gap as kg  # first: see KERAS_GAP_QUIET above
     import keras
-    import keras_gap as kg
 
     keras.utils.set_random_seed(FLAGS.seed)
     # float32 [N, 28, 28, 1] in [0, 1]

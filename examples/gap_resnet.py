@@ -30,8 +30,13 @@ Run:
 
 import functools
 import os
+import sys
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# Third-party logs (TensorFlow C++, TFLite converter, TFDS) are hidden unless --verbose:
+# keras_gap reads KERAS_GAP_QUIET when it is imported, before TensorFlow loads.
+os.environ["KERAS_GAP_QUIET"] = ("0" if "--verbose" in sys.argv[1:]
+                                 else os.environ.get("KERAS_GAP_QUIET", "1"))
 
 from absl import app, flags  # noqa: E402
 
@@ -54,6 +59,7 @@ flags.DEFINE_integer("test_limit", None, "Use only the first N test images.")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_string("output_dir", "out/gap_resnet", "Where the model and logs go.")
+flags.DEFINE_bool("verbose", False, "Show TensorFlow, TFLite and TFDS logs (hidden by default).")
 
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST training-set pixel statistics (0..1 scale)
 
@@ -117,8 +123,8 @@ def main(argv):
     del argv
     import math
 
+    import keras_gap as kg  # first: see KERAS_GAP_QUIET above
     import keras
-    import keras_gap as kg
 
     keras.utils.set_random_seed(FLAGS.seed)
     x, y = kg.datasets.load_numpy("fashion_mnist", "train", limit=FLAGS.limit)

@@ -32,11 +32,17 @@ Run:
 """
 
 import os
+import sys
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# Third-party logs (TensorFlow C++, TFLite converter, TFDS) are hidden unless --verbose:
+# keras_gap reads KERAS_GAP_QUIET when it is imported, before TensorFlow loads.
+os.environ["KERAS_GAP_QUIET"] = ("0" if "--verbose" in sys.argv[1:]
+                                 else os.environ.get("KERAS_GAP_QUIET", "1"))
 
 from absl import app, flags  # noqa: E402
 
+import keras_gap as kg  # noqa: E402  (before keras: see KERAS_GAP_QUIET above)
 import keras  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -61,6 +67,7 @@ flags.DEFINE_integer("test_limit", None, "Use only the first N test images.")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_string("output_dir", "out/gap_vit", "Where the model and logs go.")
+flags.DEFINE_bool("verbose", False, "Show TensorFlow, TFLite and TFDS logs (hidden by default).")
 
 
 @keras.saving.register_keras_serializable(package="keras_gap_examples")
@@ -117,8 +124,6 @@ def block_partitions(depth):
 
 def main(argv):
     del argv
-    import keras_gap as kg
-
     keras.utils.set_random_seed(FLAGS.seed)
     try:
         # float32 [N, 28, 28, 1] in [0, 1]

@@ -14,9 +14,15 @@ Writes ``<output_dir>/pruned.keras`` and TensorBoard logs in
 """
 
 import os
+import sys
 import tempfile
 
-from absl import app, flags, logging
+# Third-party logs (TensorFlow C++, TFLite converter, TFDS) are hidden unless --verbose:
+# keras_gap reads KERAS_GAP_QUIET when it is imported, before TensorFlow loads.
+os.environ["KERAS_GAP_QUIET"] = ("0" if "--verbose" in sys.argv[1:]
+                                 else os.environ.get("KERAS_GAP_QUIET", "1"))
+
+from absl import app, flags, logging  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("epochs", 2, "Training epochs (pruning runs over all of them).")
@@ -24,6 +30,7 @@ flags.DEFINE_integer("limit", None, "Use only the first N training and N/5 test 
 flags.DEFINE_float("sparsity", 0.8, "Final sparsity of the pruned weights, in [0, 1).")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_string("output_dir", None, "Output folder (default: a new temp folder).")
+flags.DEFINE_bool("verbose", False, "Show TensorFlow, TFLite and TFDS logs (hidden by default).")
 
 
 def make_datasets(limit, batch_size):
@@ -70,8 +77,8 @@ def main(argv):
     del argv
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # hide TFDS's INFO lines
+    import keras_gap as kg  # first: see KERAS_GAP_QUIET above
     import keras
-    import keras_gap as kg
 
     if not 0.0 <= FLAGS.sparsity < 1.0:
         raise app.UsageError(f"--sparsity must be in [0, 1); got {FLAGS.sparsity}.")

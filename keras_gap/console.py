@@ -32,7 +32,7 @@ import sys
 import threading
 import warnings
 
-__all__ = ["LogInt", "NOISE_PATTERNS", "QUIET_ENV", "is_quiet", "quiet_third_party"]
+__all__ = ["LogFraction", "LogInt", "NOISE_PATTERNS", "QUIET_ENV", "is_quiet", "quiet_third_party"]
 
 QUIET_ENV = "KERAS_GAP_QUIET"
 
@@ -56,6 +56,8 @@ _WARNINGS = (
     (r"Statistics for quantized inputs were expected", UserWarning),  # TFLite int8 converter
     (r".*tf\.lite\.Interpreter is deprecated", UserWarning),
     (r"Your `PyDataset` class should call", UserWarning),
+    # Keras' fit(tf.data.Dataset) with the default shuffle=True.
+    (r"`shuffle=True` was passed, but will be ignored", UserWarning),
 )
 
 # Python loggers of third-party libraries lowered to ERROR.
@@ -245,3 +247,24 @@ class LogInt(int):
         if spec and spec[-1] in "eEfFgG%":
             return str(int(self))
         return int.__format__(int(self), spec)
+
+
+class LogFraction(float):
+    """A fraction log value (sparsity) that the progress bar prints as 0.9000, never 0.0000e+00.
+
+    Keras' ``Progbar`` switches to ``.4e`` below 1e-3, so a dense model's
+    sparsity reads ``0.0000e+00``. This float keeps four decimals; other
+    loggers see a plain float.
+
+    Example:
+        >>> f"{LogFraction(0.0):.4e}", f"{LogFraction(0.9):.4f}"
+        ('0.0000', '0.9000')
+    """
+
+    def __truediv__(self, other):
+        return self if other == 1 else float(self) / other
+
+    def __format__(self, spec):
+        if spec and spec[-1] in "eEgG":
+            return float.__format__(float(self), ".4f")
+        return float.__format__(float(self), spec)
