@@ -26,9 +26,14 @@ class WeightSparsity:
 
 @dataclasses.dataclass(frozen=True)
 class SparsityReport:
-    """Sparsity of every prunable weight; print it or read ``rows``/``to_dict()``."""
+    """Sparsity of every prunable weight; print it or read ``rows``/``to_dict()``.
+
+    ``groups`` holds the model's `keras_gap.ChannelGroup` list when asked for
+    with ``sparsity_report(model, channel_groups=True)``.
+    """
 
     rows: tuple
+    groups: tuple = ()
 
     @property
     def params(self):
@@ -43,8 +48,10 @@ class SparsityReport:
         return 1.0 - self.nonzero / self.params if self.params else 0.0
 
     def to_dict(self):
-        """Plain data: ``{"weights": [...], "total": {...}}``."""
-        return {
+        """Plain data: ``{"weights": [...], "total": {...}}`` (and
+        ``"channel_groups"`` when the report has them)."""
+        extra = {"channel_groups": [g.to_dict() for g in self.groups]} if self.groups else {}
+        return {**extra,
             "weights": [dict(dataclasses.asdict(r), shape=list(r.shape),
                              sparsity=r.sparsity) for r in self.rows],
             "total": {"params": self.params, "nonzero": self.nonzero,
@@ -61,7 +68,12 @@ class SparsityReport:
         fmt = "  ".join(f"{{:<{w}}}" for w in widths)
         rule = "  ".join("-" * w for w in widths)
         out = [fmt.format(*header), rule] + [fmt.format(*l) for l in lines[:-1]]
-        return "\n".join(out + [rule, fmt.format(*lines[-1])])
+        out += [rule, fmt.format(*lines[-1])]
+        if self.groups:
+            removable = sum(g.removable for g in self.groups)
+            out += ["", f"channel groups: {len(self.groups)} ({removable} removable)"]
+            out += [str(g) for g in self.groups]
+        return "\n".join(out)
 
 
 def _row(layer_name, weight, values):
@@ -84,7 +96,7 @@ def _leaf_layers(model):
     return out
 
 
-def sparsity_report(model, prune_depthwise=False):
+def sparsity_report(model, prune_depthwise=False, channel_groups=False):
     """Per prunable weight: layer, shape, parameters, non-zeros, sparsity.
 
     On a pruned model the effective weights (weight * mask) are counted; on a
@@ -93,6 +105,9 @@ def sparsity_report(model, prune_depthwise=False):
     Args:
         model: a keras Model or layer (pruned or not).
         prune_depthwise: count DepthwiseConv kernels as prunable.
+        channel_groups: also list the model's channel groups (the output
+            channels removed together by ``structure="channel"`` and
+            `keras_gap.materialize`; see `keras_gap.channel_groups`).
 
     Returns:
         A `SparsityReport` (``print()`` it for a table; ``.to_dict()`` for data;
@@ -116,4 +131,8 @@ def sparsity_report(model, prune_depthwise=False):
             continue  # unknown layer with weights: not a prunable weight
         for weight in weights:
             rows.append(_row(layer.name, weight, ops.convert_to_numpy(weight)))
-    return SparsityReport(rows=tuple(rows))
+    groups = ()
+    if channel_groups:
+        from keras_gap.structured.graph import analyze  # sees through the wrappers
+        groups = tuple(analyze(model).groups)
+    return SparsityReport(rows=tuple(rows), groups=groups)

@@ -320,7 +320,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 continue  # biases and offsets restart at 0
             region = mask_lib.expand_channel_mask(grown, tuple(v.shape), axis)
             fresh = keras.initializers.get(init)(tuple(v.shape), dtype=v.dtype)
-            v.assign(ops.where(region > 0, fresh, v))
+            v.assign(ops.where(region > 0, fresh, ops.convert_to_tensor(v)))
 
     def update_channel_masks(self, sparsity, gradients=None):
         """This layer's channels alone (a wrapper used outside a model).

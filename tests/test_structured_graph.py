@@ -118,3 +118,12 @@ def test_bad_input_is_refused_clearly():
         kg.channel_groups(keras.Sequential([L.Dense(3)]))
     with pytest.raises(ValueError, match="Sequential or Functional"):
         kg.channel_groups(L.Dense(3))
+
+
+def test_sparsity_report_lists_channel_groups():
+    model = keras.Sequential([keras.Input((5,)), L.Dense(4, name="h"), L.Dense(2, name="o")])
+    report = kg.sparsity_report(model, channel_groups=True)
+    text = str(report)
+    assert "channel groups: 2 (1 removable)" in text and "group 0 'h'" in text
+    assert [g["name"] for g in report.to_dict()["channel_groups"]] == ["h", "o"]
+    assert "channel groups" not in str(kg.sparsity_report(model))
