@@ -8,6 +8,7 @@ sparsity of every pruned weight to TensorBoard.
 """
 
 import os
+import warnings
 
 import keras
 from keras import ops
@@ -107,6 +108,7 @@ class UpdatePruningStep(keras.callbacks.Callback):
         self.step = 0
         self.wrappers = []
         self.sparsity = 0.0
+        self._steps_per_execution = 1
 
     # `self.model` syncs JAX state (needed before editing variables); reading
     # the plain attribute avoids that cost on batches where nothing changes.
@@ -114,13 +116,15 @@ class UpdatePruningStep(keras.callbacks.Callback):
         return getattr(self, "_model", None) or self.model
 
     def on_train_begin(self, logs=None):
-        model = self.model
+        model = self._require_model("on_train_begin")
         self.wrappers = collect_wrappers(model)
         if not self.wrappers:
-            raise ValueError(
-                "UpdatePruningStep found no PruneLowMagnitude layers in model "
-                f"{model.name!r}. Wrap the model first: "
-                "keras_gap.prune_low_magnitude(model, ...).")
+            # tf-mot does nothing here; a warning says why nothing will prune.
+            warnings.warn(
+                f"{type(self).__name__} found no PruneLowMagnitude layers in model "
+                f"{model.name!r}: nothing will be pruned. Wrap the model first: "
+                "keras_gap.prune_low_magnitude(model, ...).", stacklevel=2)
+            return
         self._check_schedules_are_driven_here(model)
         for w in self.wrappers:
             if not w.built:
@@ -262,15 +266,35 @@ class UpdatePruningStep(keras.callbacks.Callback):
         if logs is not None:
             logs["sparsity"] = LogFraction(self.sparsity)  # never "0.0000e+00"
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, batch=None, logs=None, epoch=None):
+        """End of an epoch; tf-mot's signature, so ``on_epoch_end(batch=-1)``
+        works in a custom training loop (the first argument is the epoch)."""
         # Re-read the in-graph counter once per epoch (exact even with
         # steps_per_execution > 1 and a short last execution).
-        self.model  # JAX: sync the trainer's state before reading it.
+        model = self._require_model("on_epoch_end")  # JAX: syncs the trainer state
+        if not self.wrappers:
+            return
         self.step = int(ops.convert_to_numpy(self.wrappers[0].pruning_step))
+        if getattr(model, "optimizer", None) is None:
+            # A custom loop whose optimizer keras-gap cannot see (tf-mot's guide
+            # sets model.optimizer): masked entries may have moved; re-mask.
+            for w in self.wrappers:
+                w.apply_masks()
         if logs is not None:
-            logs["sparsity"] = self.sparsity
+            logs["sparsity"] = LogFraction(self.sparsity)
+
+    def _require_model(self, hook):
+        model = self.model
+        if model is None:
+            raise ValueError(
+                f"{type(self).__name__}.{hook}() was called before set_model(). In a "
+                "custom training loop call callback.set_model(model) and "
+                "callback.on_train_begin() first.")
+        return model
 
     def on_train_end(self, logs=None):
+        if not self.wrappers:
+            return
         for w in self.wrappers:
             w.step_callback_active = False
         if getattr(self, "_attached_recorder", False):
@@ -285,6 +309,9 @@ class PruningSummaries(keras.callbacks.Callback):
 
     Per pruned weight: ``sparsity/<weight path>``; and ``sparsity/overall``
     plus ``pruning_step``. Needs TensorFlow installed (any Keras backend).
+    In a custom training loop (tf-mot's guide) call ``set_model(model)`` once
+    and ``on_epoch_begin(epoch=-1)`` every epoch: it writes there when no
+    ``fit`` is running.
 
     Args:
         log_dir: directory for the event files (created if missing).
@@ -308,17 +335,30 @@ class PruningSummaries(keras.callbacks.Callback):
         self.log_dir = os.fspath(log_dir)
         self.update_freq = update_freq
         self._writer = None
+        self._in_fit = False
         self._batches = 0
 
     def on_train_begin(self, logs=None):
-        import tensorflow as tf  # TensorBoard's writer; lazily imported.
-        os.makedirs(self.log_dir, exist_ok=True)
-        self._tf = tf
-        self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "pruning"))
+        self._open()
+        self._in_fit = True
+
+    def _open(self):
+        if self.model is None:
+            raise ValueError(
+                "PruningSummaries was used before set_model(). In a custom training "
+                "loop call callback.set_model(model) first.")
+        if self._writer is None:
+            import tensorflow as tf  # TensorBoard's writer; lazily imported.
+            os.makedirs(self.log_dir, exist_ok=True)
+            self._tf = tf
+            self._writer = tf.summary.create_file_writer(
+                os.path.join(self.log_dir, "pruning"))
         self.wrappers = collect_wrappers(self.model)
 
     def write(self, extra=None):
         """Writes the current sparsities (and ``extra`` {tag: value}); returns them."""
+        if self._writer is None:
+            self._open()
         wrappers = collect_wrappers(self.model)
         if not wrappers:
             return {}
@@ -341,9 +381,17 @@ class PruningSummaries(keras.callbacks.Callback):
         if self.update_freq != "epoch" and self._batches % self.update_freq == 0:
             self.write()
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch=None, logs=None):
+        # tf-mot's custom-loop pattern calls only set_model and
+        # on_epoch_begin(epoch=-1): write there when no fit is running.
+        if not self._in_fit:
+            self.write()
+
+    def on_epoch_end(self, epoch=None, logs=None):
         self.write()
 
     def on_train_end(self, logs=None):
+        self._in_fit = False
         if self._writer is not None:
             self._writer.close()
+            self._writer = None

@@ -6,9 +6,11 @@ GaP's prune-back, random sparse initialization and FGGP all call into it.
 Rules that hold for every function here:
 
 * Counts are exact. For a tensor with ``n`` candidates and sparsity ``s`` the
-  mask keeps exactly ``num_to_keep(n, s) = floor(n * (1 - s))`` candidates
-  (computed on the decimal value of ``s`` so that ``n=10, s=0.9`` keeps 1,
-  not 0). Ties cannot keep extra weights: selection is by index (top-k), never
+  mask keeps exactly ``num_to_keep(n, s) = max(1, floor(n * (1 - s)))``
+  candidates for ``s < 1`` (computed on the decimal value of ``s`` so that
+  ``n=10, s=0.9`` keeps 1, not 0). At least one candidate is always kept, as
+  in tf-mot: a tensor pruned to nothing would make its layer's output
+  constant. Ties cannot keep extra weights: selection is by index (top-k), never
   by a threshold.
 * Selection does not sort: the k-th largest score is found with numpy's
   introselect (O(n)) on the host. Mask updates run eagerly from callbacks,
@@ -40,14 +42,19 @@ def num_to_keep(num_elements, sparsity):
 
     Returns:
         int, ``floor(num_elements * (1 - sparsity))`` evaluated exactly on the
-        decimal value of ``sparsity``.
+        decimal value of ``sparsity``, but at least 1 when ``num_elements > 0``
+        and ``sparsity < 1`` (tf-mot's rule: 0.99 on a 10x8 kernel keeps 1
+        weight, not 0). ``sparsity == 1`` keeps 0.
 
     Example:
         >>> num_to_keep(10, 0.9)
         1
+        >>> num_to_keep(80, 0.99)
+        1
     """
     s = Fraction(repr(float(sparsity)))
-    return int(math.floor(num_elements * (1 - s)))
+    keep = int(math.floor(num_elements * (1 - s)))
+    return max(keep, 1) if num_elements > 0 and s < 1 else keep
 
 
 def validate_sparsity(sparsity, name="sparsity", allow_one=False):
@@ -321,6 +328,11 @@ def global_topk_masks(scores_list, sparsity):
 def joint_topk_masks(scores_list, num_keep):
     """Keeps exactly ``num_keep`` highest scores ranked jointly across tensors.
 
+    When ``num_keep`` allows it (at least one per non-empty tensor), every
+    tensor keeps at least its highest score (the `num_to_keep` rule: no
+    tensor is pruned to nothing); the rest are ranked jointly. The total is
+    exactly ``num_keep`` either way.
+
     Args:
         scores_list: non-empty list of score tensors (any shapes).
         num_keep: int, total number of ones over all masks.
@@ -332,8 +344,16 @@ def joint_topk_masks(scores_list, num_keep):
         >>> m1, m2 = joint_topk_masks([ops.abs(k1), ops.abs(k2)], 1000)
     """
     shapes = [tuple(int(d) for d in ops.shape(s)) for s in scores_list]
-    flat = ops.concatenate(
-        [ops.reshape(ops.cast(s, "float32"), (-1,)) for s in scores_list], axis=0)
+    flat = np.concatenate([np.asarray(ops.convert_to_numpy(s), np.float32).reshape(-1)
+                           for s in scores_list])
+    sizes = [int(math.prod(shape)) for shape in shapes]
+    if num_keep >= sum(1 for n in sizes if n):
+        starts = np.cumsum([0] + sizes[:-1])
+        for start, n in zip(starts, sizes):
+            if n:
+                piece = flat[start:start + n]
+                best = int(np.argmax(np.where(np.isnan(piece), -np.inf, piece)))
+                flat[start + best] = np.inf
     return split_flat(topk_mask(flat, num_keep), shapes)
 
 

@@ -219,7 +219,7 @@ def has_prunable_weights(layer, prune_depthwise=False, structure="unstructured")
         return layer.built and bool(registry.channel_weights(layer))
     if not layer.built:
         return registry.is_supported(layer, prune_depthwise) and not isinstance(
-            layer, registry._PASS_THROUGH)
+            layer, registry._PASS_THROUGH + registry.WEIGHTLESS_LAYERS)
     return bool(registry.get_prunable_weights(layer, prune_depthwise))
 
 

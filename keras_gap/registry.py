@@ -27,7 +27,10 @@ _KERNEL_LAYERS = {
     L.Embedding: ("embeddings",),
 }
 _DEPTHWISE_LAYERS = (L.DepthwiseConv1D, L.DepthwiseConv2D)
-_RNN_LAYERS = (L.LSTM, L.GRU, L.SimpleRNN)
+# Any RNN layer (LSTM, GRU, SimpleRNN, RNN(cell), RNN([cells])) whose cells are
+# built-in cells or implement get_prunable_weights().
+_RNN_LAYERS = (L.RNN,)
+_RNN_CELLS = (L.LSTMCell, L.GRUCell, L.SimpleRNNCell)
 _RNN_CELL_WEIGHTS = ("kernel", "recurrent_kernel")
 
 # Layers that own weights which keras-gap leaves dense on purpose.
@@ -37,6 +40,27 @@ _PASS_THROUGH = tuple(
             "BatchNormalization", "LayerNormalization", "GroupNormalization",
             "UnitNormalization", "RMSNormalization", "SpectralNormalization",
             "Normalization", "PReLU",
+        )
+    ) if cls is not None
+)
+
+# Built-in layers without weights (tf-mot's registry maps them to []): wrapping
+# one gives a no-op wrapper, even before it is built.
+WEIGHTLESS_LAYERS = tuple(
+    cls for cls in (
+        getattr(L, name, None) for name in (
+            "Activation", "ActivityRegularization", "Dropout", "AlphaDropout",
+            "GaussianDropout", "GaussianNoise", "SpatialDropout1D", "SpatialDropout2D",
+            "SpatialDropout3D", "Flatten", "Reshape", "Permute", "RepeatVector",
+            "Masking", "Lambda", "Identity", "Cropping1D", "Cropping2D", "Cropping3D",
+            "UpSampling1D", "UpSampling2D", "UpSampling3D", "ZeroPadding1D",
+            "ZeroPadding2D", "ZeroPadding3D", "Add", "Average", "Concatenate", "Dot",
+            "Maximum", "Minimum", "Multiply", "Subtract", "ReLU", "LeakyReLU", "ELU",
+            "Softmax", "Rescaling", "Resizing", "CenterCrop", "AveragePooling1D",
+            "AveragePooling2D", "AveragePooling3D", "MaxPooling1D", "MaxPooling2D",
+            "MaxPooling3D", "GlobalAveragePooling1D", "GlobalAveragePooling2D",
+            "GlobalAveragePooling3D", "GlobalMaxPooling1D", "GlobalMaxPooling2D",
+            "GlobalMaxPooling3D", "InputLayer",
         )
     ) if cls is not None
 )
@@ -73,7 +97,8 @@ def is_supported(layer, prune_depthwise=False):
         >>> is_supported(keras.layers.Dense(3))
         True
     """
-    if is_custom_prunable(layer) or isinstance(layer, SUPPORTED_LAYERS + _PASS_THROUGH):
+    if is_custom_prunable(layer) or isinstance(
+            layer, SUPPORTED_LAYERS + _PASS_THROUGH + WEIGHTLESS_LAYERS):
         return True
     return layer.built and not layer.weights
 
@@ -105,7 +130,7 @@ def get_prunable_weights(layer, prune_depthwise=False):
     if isinstance(layer, _DEPTHWISE_LAYERS):
         return [layer.kernel] if prune_depthwise else []
     if isinstance(layer, _RNN_LAYERS):
-        return [getattr(layer.cell, a) for a in _RNN_CELL_WEIGHTS]
+        return rnn_cell_weights(layer.cell, layer)
     if isinstance(layer, L.MultiHeadAttention):
         return [d.kernel for d in (layer.query_dense, layer.key_dense,
                                    layer.value_dense, layer.output_dense)]
@@ -114,12 +139,55 @@ def get_prunable_weights(layer, prune_depthwise=False):
                 + get_prunable_weights(layer.backward_layer, prune_depthwise))
     if isinstance(layer, L.TimeDistributed):
         return get_prunable_weights(layer.layer, prune_depthwise)
-    if isinstance(layer, _PASS_THROUGH) or not layer.weights:
+    if isinstance(layer, _PASS_THROUGH + WEIGHTLESS_LAYERS) or not layer.weights:
         return []
     raise unsupported_layer_error(layer)
 
 
+def rnn_cell_weights(cell, rnn_layer=None):
+    """Prunable weights of an RNN cell (``StackedRNNCells``: of every cell).
+
+    Args:
+        cell: a built LSTMCell, GRUCell, SimpleRNNCell, StackedRNNCells or a
+            cell implementing ``get_prunable_weights()``.
+        rnn_layer: the RNN layer holding the cell (for the error message).
+
+    Returns:
+        A list of `keras.Variable` (kernel and recurrent_kernel per cell).
+
+    Raises:
+        ValueError: for a cell with weights keras-gap cannot prune.
+
+    Example:
+        >>> rnn = keras.layers.RNN([keras.layers.LSTMCell(4), keras.layers.GRUCell(3)])
+        >>> rnn.build((None, 5, 2)); len(rnn_cell_weights(rnn.cell))
+        4
+    """
+    if is_custom_prunable(cell):
+        return list(cell.get_prunable_weights())
+    if isinstance(cell, _RNN_CELLS):
+        return [getattr(cell, a) for a in _RNN_CELL_WEIGHTS]
+    if isinstance(cell, L.StackedRNNCells):
+        return [w for c in cell.cells for w in rnn_cell_weights(c, rnn_layer)]
+    if not cell.weights:
+        return []
+    owner = f" of RNN layer {rnn_layer.name!r}" if rnn_layer is not None else ""
+    raise ValueError(
+        f"RNN cell {getattr(cell, 'name', cell)!r} of type {type(cell).__name__}{owner} "
+        "owns weights but keras-gap does not know which of them to prune. Use "
+        "LSTMCell, GRUCell or SimpleRNNCell, or implement `get_prunable_weights()` "
+        "on the cell (return its kernels, or [] to keep it dense).")
+
+
 def unsupported_layer_error(layer):
+    if not layer.built:
+        return ValueError(
+            f"Layer {layer.name!r} of type {type(layer).__name__} is not a layer "
+            "keras-gap knows, and it is not built yet, so keras-gap cannot tell "
+            "whether it owns weights to prune. Build it first (a layer without "
+            "weights is then accepted), implement `get_prunable_weights()` on it "
+            "(return the kernels to prune, or [] to keep it dense), or pass "
+            "`unsupported_layers='keep_dense'` to prune_low_magnitude or prune_gap.")
     return ValueError(
         f"Layer {layer.name!r} of type {type(layer).__name__} owns weights but "
         "keras-gap does not know which of them to prune. Either implement "

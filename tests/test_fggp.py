@@ -111,9 +111,10 @@ def test_global_scope_concentrates_pruning_layer_scope_does_not():
     layer = [crit.compute_mask(weight=w, mask=o, sparsity=0.5, gradient=gg)
              for w, o, gg in zip([small, large], ones, g)]
     assert [int(np_(m).sum()) for m in layer] == [100, 100]
-    # the default (magnitude) global rule: all of the small tensor goes first
+    # the default (magnitude) global rule: the small tensor goes first, down to
+    # the one weight every tensor keeps (masks.num_to_keep's rule)
     mag = criteria.Magnitude().compute_global_masks([small, large], ones, 0.5)
-    assert [int(np_(m).sum()) for m in mag] == [0, 200]
+    assert [int(np_(m).sum()) for m in mag] == [1, 199]
 
 
 def test_bad_inputs_give_clear_errors():

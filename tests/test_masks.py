@@ -12,8 +12,10 @@ pytestmark = pytest.mark.core
 
 @pytest.mark.parametrize("n, sparsity, expected", [
     (10, 0.9, 1), (10, 0.5, 5), (10, 0.0, 10), (100, 0.99, 1), (7, 0.5, 3),
-    (1000, 0.9, 100), (3, 0.7, 0), (784 * 300, 0.9, 23520), (64, 0.9, 6),
+    (1000, 0.9, 100), (784 * 300, 0.9, 23520), (64, 0.9, 6),
     (10, 0.7, 3), (1, 0.0, 1), (0, 0.5, 0),
+    # at least one kept (tf-mot): floor would give 0
+    (3, 0.7, 1), (80, 0.99, 1), (1, 0.5, 1), (5, 1.0, 0),
 ])
 def test_num_to_keep_is_exact_floor_of_the_decimal_value(n, sparsity, expected):
     assert masks.num_to_keep(n, sparsity) == expected, (n, sparsity)
