@@ -182,3 +182,15 @@ def test_materialized_model_exports_to_tflite_and_saved_model(tmp_path):
     y = np.asarray(runtime.run_tflite(tfl, x).outputs)
     np.testing.assert_allclose(y.reshape(1, -1), keras.ops.convert_to_numpy(small(x)),
                                atol=1e-4)
+
+
+def test_keras_ops_on_symbolic_tensors_are_seen_through():
+    """MobileNetV3's hard-swish: x * relu6(x + 3) / 6 written with keras.ops."""
+    i = keras.Input((8, 8, 3))
+    x = L.Conv2D(8, 1)(i)
+    x = L.Multiply()([x, L.ReLU(6.0)(x + 3.0) * (1.0 / 6.0)])
+    x = L.Conv2D(4, 1)(x)
+    model = keras.Model(i, L.Dense(2)(L.GlobalAveragePooling2D()(x)))
+    groups = {g.name: g for g in kg.channel_groups(model)}
+    assert groups["conv2d"].removable, groups["conv2d"].blocked_by
+    _check(model, (8, 8, 3))  # f(bias) is folded through the ops

@@ -127,3 +127,11 @@ def test_sparsity_report_lists_channel_groups():
     assert "channel groups: 2 (1 removable)" in text and "group 0 'h'" in text
     assert [g["name"] for g in report.to_dict()["channel_groups"]] == ["h", "o"]
     assert "channel groups" not in str(kg.sparsity_report(model))
+
+
+def test_keras_op_that_broadcasts_over_channels_blocks():
+    i = keras.Input((4, 4, 3))
+    x = L.Conv2D(6, 1, name="c")(i)
+    x = x * keras.ops.mean(x, axis=-1, keepdims=True)  # mixes channels
+    groups = _groups(keras.Model(i, L.Dense(2, name="o")(L.Flatten()(x))))
+    assert not groups["c"].removable

@@ -58,6 +58,14 @@ _PADDING = (L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D)
 # Activations that mix channels (not per channel).
 _MIXING_ACTIVATIONS = ("softmax", "log_softmax")
 
+# keras.ops used on symbolic tensors (``x + 3.0``, ``ops.relu6(x)``) are graph
+# operations, not layers; these act element by element.
+ELEMENTWISE_OPS = frozenset((
+    "Add", "Subtract", "Multiply", "Divide", "TrueDivide", "Maximum", "Minimum", "Power",
+    "Negative", "Abs", "Absolute", "Sqrt", "Square", "Exp", "Log", "Tanh", "Sigmoid",
+    "Relu", "Relu6", "HardSigmoid", "HardSilu", "HardSwish", "Silu", "Swish", "Gelu", "Elu",
+    "Selu", "Softplus", "Softsign", "LeakyRelu", "Clip", "Cast", "Mish", "Celu"))
+
 PRODUCER, FOLLOWER, CONSUMER = "producer", "follower", "consumer"
 
 
@@ -202,6 +210,7 @@ class ChannelGraph:
         self.tensor_ids = {}      # tensor key -> channel-id array (None: untracked)
         self.tensor_shapes = {}   # tensor key -> shape
         self.model_inputs = {}    # id(model) -> input tensor keys (nested too)
+        self.step_arguments = []  # per step: (node.arguments, ids of its input tensors)
         self.output_keys = []
         self.output_keys = self._walk_model(model, None)
         self._finish()
@@ -275,6 +284,8 @@ class ChannelGraph:
                     outs = self._visit(node, [self.tensor_ids[k] for k in in_keys])
                     out_keys = [self._key(ids, x.shape) for x, ids in zip(node.outputs, outs)]
                     self.steps.append((unwrap(node.operation), in_keys, out_keys))
+                    self.step_arguments.append(
+                        (node.arguments, [id(x) for x in node.input_tensors]))
                 for x, key in zip(node.outputs, out_keys):
                     tensors[id(x)] = key
         outputs = [tensors.get(id(x)) for x in functional.outputs]
@@ -359,6 +370,16 @@ class ChannelGraph:
                 return self._tile(layer, wrapper, x, in_shapes[0], out_shapes[0])
             return self._blocker(layer, wrapper, ins, out_shapes,
                                  "reshape changes the channel axis")
+        if not isinstance(layer, keras.layers.Layer) and \
+                type(layer).__name__ in ELEMENTWISE_OPS:
+            widths = {len(i) for i in ins}
+            if len(widths) != 1 or out_shapes[0][-1] != len(x):
+                return self._blocker(layer, wrapper, ins, out_shapes,
+                                     "operation broadcasts along the channel axis")
+            for other in ins[1:]:
+                self._join(ins[0], other)
+            self._register(layer, wrapper, FOLLOWER)
+            return [ins[0]]
         if isinstance(layer, _MERGE):
             if len({len(i) for i in ins}) != 1:
                 return self._blocker(layer, wrapper, ins, out_shapes,
@@ -460,7 +481,7 @@ class ChannelGraph:
                     continue
                 if role is None:
                     role = PRODUCER if lid in self._producer_ids else FOLLOWER
-                    if role == FOLLOWER and not self.layers[lid].weights:
+                    if role == FOLLOWER and not getattr(self.layers[lid], "weights", None):
                         continue
                 for g in sorted({int(self.class_group[c])
                                  for c in self.maps[lid][key].tolist() if c >= 0}):

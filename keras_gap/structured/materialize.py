@@ -154,9 +154,21 @@ def _apply_elementwise(layer, const):
     return np.where(known, values, np.nan)
 
 
-def _follow_const(layer, ins, graph, out_len):
+def _op_const(layer, ins, arguments):
+    """Constant of an element-wise keras.ops operation, evaluated on the vectors."""
+    args, input_ids = arguments
+    unknown = np.any(np.isnan(np.stack(ins)), axis=0)
+    values = {i: np.nan_to_num(v)[None].astype(np.float32) for i, v in zip(input_ids, ins)}
+    a, kw = args.fill_in(values)
+    out = _np(layer(*a, **kw)).reshape(-1).astype(np.float64)
+    return np.where(unknown, np.nan, out)
+
+
+def _follow_const(layer, ins, graph, out_len, arguments=None):
     """Per-channel constant of a follower's output (NaN: not constant)."""
     x = ins[0]
+    if not isinstance(layer, keras.layers.Layer):
+        return _op_const(layer, ins, arguments)
     if isinstance(layer, L.BatchNormalization):
         c = x.shape[0]
         gamma = _np(layer.gamma) if layer.gamma is not None else np.ones(c)
@@ -320,7 +332,7 @@ def _constants(graph, candidates):
     for key in graph.model_inputs.get(id(graph.model), []):
         ids = graph.tensor_ids.get(key)
         consts[key] = np.full(0 if ids is None else len(ids), np.nan)
-    for layer, in_keys, out_keys in graph.steps:
+    for step, (layer, in_keys, out_keys) in enumerate(graph.steps):
         ins = [consts.get(k) for k in in_keys]
         for i, k in enumerate(in_keys):   # nested-model inputs map to outer keys
             if ins[i] is None:
@@ -343,7 +355,8 @@ def _constants(graph, candidates):
             continue
         with np.errstate(invalid="ignore", over="ignore"):
             consts[out_keys[0]] = np.asarray(
-                _follow_const(layer, ins, graph, len(out_ids[0])), dtype=np.float64)
+                _follow_const(layer, ins, graph, len(out_ids[0]), graph.step_arguments[step]),
+                dtype=np.float64)
     return consts
 
 
@@ -381,6 +394,8 @@ def _rebuild(model, graph, removed):
         lid = id(layer)
         if lid in new_layers:
             return new_layers[lid]
+        if not isinstance(layer, keras.layers.Layer):  # a stateless keras.ops operation
+            return layer
         config = layer.get_config()
         keep = out_keep.get(lid)
         kind = _kind(layer)
@@ -434,8 +449,11 @@ def _rebuild(model, graph, removed):
 
 def _set_weights(old, new, out_keep, in_keep, fold):
     """Copies ``old``'s weights into ``new``, sliced to the kept channels."""
-    values = {v.name: _np(v) for v in old.weights}
     kind = _kind(old)
+    if kind is None and out_keep is None and in_keep is None and fold is None:
+        new.set_weights([_np(v) for v in old.weights])  # unchanged: copy in order
+        return
+    values = {v.name: _np(v) for v in old.weights}
     ok = (lambda a, axis=-1: a if out_keep is None else np.compress(out_keep, a, axis=axis))
     ik = (lambda a, axis: a if in_keep is None else np.compress(in_keep, a, axis=axis))
     if kind in ("dense", "conv"):
