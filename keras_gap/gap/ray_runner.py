@@ -327,6 +327,13 @@ def _pickle_by_value(ray, fn):
     ray.cloudpickle.register_pickle_by_value(module)
 
 
+def _local_cpus():
+    try:
+        return len(os.sched_getaffinity(0))  # the cores this process may use
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def _local_gpus():
     try:
         import tensorflow as tf
@@ -516,7 +523,7 @@ class PGaPRunner:
                     # (Ray >= 2.5x writes ~/.ray/auth_token otherwise); the
                     # variable is restored once the instance is up.
                     with _environ(RAY_AUTH_MODE="disabled"):
-                        ray.init(num_cpus=os.cpu_count(), num_gpus=_local_gpus(),
+                        ray.init(num_cpus=_local_cpus(), num_gpus=_local_gpus(),
                                  include_dashboard=False,
                                  log_to_driver=runner.log_to_driver)
                 started = True
