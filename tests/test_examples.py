@@ -79,7 +79,7 @@ def test_demo_fast_mode(tmp_path):
     out = tmp_path / "demo"
     stdout = run_example("demo.py", "--fast", f"--output_dir={out}")
     assert str(out) in stdout
-    kinds = ("dense", "gmp", "cgap", "cgap_tflite")
+    kinds = ("dense", "gmp", "cgap", "cgap_tflite", "cgap_channels")
     for name in ("results.md", "results.json", "results.png") + tuple(
             f"{k}{suffix}" for k in kinds
             for suffix in (".keras", "_float32.tflite", "_int8.tflite")):
@@ -91,7 +91,7 @@ def test_demo_fast_mode(tmp_path):
     assert tuple(models) == kinds
     dense = models["dense"]
     assert dense["train_macs_ratio"] == pytest.approx(1.0)
-    for kind in kinds[1:]:
+    for kind in kinds[1:4]:
         sparse = models[kind]
         assert abs(sparse["prunable_sparsity"] - 0.9 * _prunable_share(sparse)) < 0.01
         assert sparse["nonzero"] < 0.2 * dense["nonzero"]
@@ -100,6 +100,10 @@ def test_demo_fast_mode(tmp_path):
         assert sparse["tflite"]["float32"]["sparse_tensors"] > 0
         assert (sparse["tflite"]["float32"]["gzip_bytes"]
                 < 0.5 * dense["tflite"]["float32"]["gzip_bytes"])
+    # Channel C-GaP, materialized: a smaller dense model, trained sparse.
+    channels = models["cgap_channels"]
+    assert channels["params"] < 0.7 * dense["params"]
+    assert 0.1 < channels["train_macs_ratio"] < 1.0
     # The GaP partition was logged every epoch; -1 = final fine-tuning.
     assert models["cgap"]["history"]["gap_partition"][0] == 0
     assert models["cgap"]["history"]["gap_partition"][-1] == -1
@@ -114,7 +118,8 @@ def test_demo_fast_mode(tmp_path):
 
     table = (out / "results.md").read_text()
     assert "| model | test acc (Keras) |" in table
-    for label in ("dense", "GMP 90%", "C-GaP 90%", "C-GaP 90%, TFLite blocks"):
+    for label in ("dense", "GMP 90%", "C-GaP 90%", "C-GaP 90%, TFLite blocks",
+                  "C-GaP channels 50%, materialized"):
         assert f"\n| {label} |" in table, label
 
 
