@@ -266,7 +266,7 @@ def plot(models, path, title):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7, 6))
     markers = ["o", "s", "D", "^", "v", "P"]
     for i, m in enumerate(models):
         ax.scatter(m["train_macs_ratio"], m["keras_accuracy"], s=90, marker=markers[i % 6],
@@ -281,8 +281,9 @@ def plot(models, path, title):
     ax.set_ylim(lo - pad, hi + pad)
     ax.grid(alpha=0.3)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="lower right", title="model: non-zero weights, TFLite "
-              "latency (float32, batch 1)", title_fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13),
+              title="model: non-zero weights, TFLite latency (float32, batch 1)",
+              title_fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
