@@ -23,7 +23,9 @@ from keras_gap import growing  # noqa: E402
 from keras_gap.callbacks import PruningSummaries, UpdatePruningStep
 from keras_gap.gap import (GaPCallback, GaPPruningSchedule, gap_partitions,
                            gap_total_epochs, prune_gap)
-from keras_gap.prune import prune_low_magnitude, strip_pruning
+from keras_gap.prune import prune_low_magnitude, prune_scope, strip_pruning
+from keras_gap.pruning_policy import PruneForLatencyOnXNNPack, PruningPolicy
+from keras_gap.registry import PrunableLayer
 from keras_gap.report import SparsityReport, sparsity_report
 from keras_gap.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
 from keras_gap.structured import (FlopsReport, TrainingCost, channel_groups, flops_report,
@@ -34,9 +36,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConstantSparsity", "FlopsReport", "GaPCallback", "GaPPruningSchedule", "PolynomialDecay",
-    "PruneLowMagnitude", "PruningSchedule", "PruningSummaries", "SparsityReport",
+    "PrunableLayer", "PruneForLatencyOnXNNPack", "PruneLowMagnitude", "PruningPolicy",
+    "PruningSchedule", "PruningSummaries", "SparsityReport",
     "TrainingCost", "UpdatePruningStep", "channel_groups", "criteria", "datasets", "distributions", "export",
     "flops_report", "gap_partitions", "growing",
-    "gap_total_epochs", "gradients", "masks", "materialize", "prune_gap", "prune_low_magnitude", "registry",
+    "gap_total_epochs", "gradients", "masks", "materialize", "prune_gap", "prune_low_magnitude", "prune_scope", "registry",
     "sparsity_report", "strip_pruning", "structured",
 ]

@@ -9,7 +9,7 @@ not carried over (compile the pruned model).
 import keras
 
 from keras_gap import criteria, distributions, registry
-from keras_gap.schedules import ConstantSparsity
+from keras_gap.schedules import ConstantSparsity, PolynomialDecay
 from keras_gap.wrapper import PruneLowMagnitude, collect_wrappers
 
 _UNSUPPORTED_MODES = ("error", "keep_dense")
@@ -91,7 +91,10 @@ def prune_low_magnitude(to_prune, pruning_schedule=None, block_size=(1, 1),
 
     Args:
         to_prune: a Keras layer, a list of layers, or a Sequential / Functional
-            model (nested models included).
+            model (nested models included). Layers with nothing to prune
+            (Dropout, Flatten, pooling, norms) become no-op wrappers when given
+            as layers, and stay unwrapped in a model; layers of a model that
+            are already wrapped are kept as they are (as in tf-mot).
         pruning_schedule: `PruningSchedule` (or tf-mot schedule). None (the
             default) uses tf-mot's default, ``ConstantSparsity(0.5,
             begin_step=0)``: 50% sparsity from the first step, masks updated
@@ -99,8 +102,10 @@ def prune_low_magnitude(to_prune, pruning_schedule=None, block_size=(1, 1),
         block_size: block of the weight matrix pruned as a unit, e.g. (4, 1)
             for TFLite's sparse float FULLY_CONNECTED kernel.
         block_pooling_type: "AVG" or "MAX".
-        pruning_policy: optional ``callable(layer) -> bool``; layers for which
-            it returns False are left dense (first conv, classifier, ...).
+        pruning_policy: optional `keras_gap.PruningPolicy` (e.g.
+            `PruneForLatencyOnXNNPack`: the model is checked first) or
+            ``callable(layer) -> bool``; layers for which it returns False
+            are left dense (first conv, classifier, ...).
         sparsity_m_by_n: optional (N, M) structured sparsity, e.g. (2, 4).
         prune_depthwise: also prune DepthwiseConv kernels.
         criterion: "magnitude" (default), "random", a registered name or a
@@ -177,7 +182,10 @@ def prune_low_magnitude(to_prune, pruning_schedule=None, block_size=(1, 1),
         _check_not_pruned(to_prune)
         result = [wrap(layer) for layer in to_prune]
     elif isinstance(to_prune, keras.Model):
-        _check_not_pruned(to_prune)
+        # Layers already wrapped are kept as they are (tf-mot); prune_model
+        # raises when nothing is left to wrap.
+        if hasattr(pruning_policy, "ensure_model_supports_pruning"):
+            pruning_policy.ensure_model_supports_pruning(to_prune)
         result = prune_model(to_prune, wrap, pruning_policy, prune_depthwise,
                              unsupported_layers, structure=structure)
     elif isinstance(to_prune, keras.layers.Layer):
@@ -232,7 +240,8 @@ def prune_model(model, wrap, pruning_policy=None, prune_depthwise=False,
     Args:
         model: Sequential or Functional model.
         wrap: function(layer) -> PruneLowMagnitude.
-        pruning_policy: optional callable(layer) -> bool (False: keep dense).
+        pruning_policy: optional `keras_gap.PruningPolicy` or callable(layer)
+            -> bool (False: keep dense).
         prune_depthwise: also prune DepthwiseConv kernels.
         unsupported_layers: "error" or "keep_dense".
         structure: "unstructured" or "channel" (wrap the layers with
@@ -241,16 +250,20 @@ def prune_model(model, wrap, pruning_policy=None, prune_depthwise=False,
     Returns:
         The pruned model.
     """
-    wrapped = []
+    wrapped, already = [], []
+    allow = getattr(pruning_policy, "allow_pruning", pruning_policy)
 
     def clone_layer(layer):
         if not isinstance(layer, keras.layers.Layer):
             return layer  # a keras.ops call on symbolic tensors (x + 3): no weights
+        if isinstance(layer, PruneLowMagnitude):
+            already.append(layer)  # wrapped by the user: kept as it is (tf-mot)
+            return layer
         if not registry.is_supported(layer, prune_depthwise):
             if unsupported_layers == "keep_dense":
                 return layer
             raise registry.unsupported_layer_error(layer)
-        if pruning_policy is not None and not pruning_policy(layer):
+        if allow is not None and not allow(layer):
             return layer
         if not has_prunable_weights(layer, prune_depthwise, structure):
             return layer
@@ -259,12 +272,35 @@ def prune_model(model, wrap, pruning_policy=None, prune_depthwise=False,
         return wrapper
 
     pruned = clone_with(model, clone_layer)
+    if not wrapped and already:
+        raise ValueError(
+            f"Model {model.name!r} is already pruned: every prunable layer is wrapped "
+            f"in PruneLowMagnitude ({[w.name for w in already]}). Keep training it, "
+            "or strip it first with keras_gap.strip_pruning.")
     if not wrapped:
         raise ValueError(
             f"Model {model.name!r} has no prunable weights (no Dense, Conv, "
             "Embedding, RNN, MultiHeadAttention or get_prunable_weights() layer "
             "was selected). Nothing to prune.")
     return pruned
+
+
+def prune_scope():
+    """A scope in which pruned models saved to ``.keras`` / h5 load (tf-mot).
+
+    keras-gap's classes are registered with Keras, so ``keras.models.load_model``
+    works without it; the scope exists so tf-mot code runs unchanged.
+
+    Returns:
+        A `keras.saving.CustomObjectScope` with keras-gap's pruning classes.
+
+    Example:
+        >>> with kg.prune_scope():
+        ...     loaded = keras.models.load_model("pruned.keras")
+    """
+    return keras.saving.CustomObjectScope({
+        "PruneLowMagnitude": PruneLowMagnitude, "ConstantSparsity": ConstantSparsity,
+        "PolynomialDecay": PolynomialDecay})
 
 
 def _strip_layer(layer):

@@ -8,6 +8,8 @@ pass through. Anything else that owns weights is unsupported: a clear error,
 or left dense on request.
 """
 
+import abc
+
 import keras
 
 L = keras.layers
@@ -69,9 +71,36 @@ SUPPORTED_LAYERS = tuple(_KERNEL_LAYERS) + _DEPTHWISE_LAYERS + _RNN_LAYERS + (
     L.MultiHeadAttention, L.Bidirectional, L.TimeDistributed)
 
 
+class PrunableLayer(abc.ABC):
+    """Abstract base class for making a custom Keras layer prunable (tf-mot).
+
+    Mix it into a layer (or an RNN cell) and return the variables to prune
+    from ``get_prunable_weights()``; ``[]`` keeps the layer dense. Any layer
+    with a ``get_prunable_weights()`` method is accepted, base class or not.
+
+    Returns:
+        A mixin class.
+
+    Example:
+        >>> class MyDense(keras.layers.Layer, kg.PrunableLayer):
+        ...     def build(self, shape):
+        ...         self.kernel = self.add_weight(shape=(shape[-1], 4))
+        ...     def call(self, x):
+        ...         return x @ self.kernel
+        ...     def get_prunable_weights(self):
+        ...         return [self.kernel]
+    """
+
+    @abc.abstractmethod
+    def get_prunable_weights(self):
+        """The weight variables to prune; each must be an attribute of the layer."""
+        raise NotImplementedError("Must be implemented in subclasses.")
+
+
 def is_custom_prunable(layer):
     """True for layers that implement tf-mot's ``get_prunable_weights()``."""
-    return callable(getattr(layer, "get_prunable_weights", None))
+    return isinstance(layer, PrunableLayer) or callable(
+        getattr(layer, "get_prunable_weights", None))
 
 
 def _kernel_attrs(layer):

@@ -111,6 +111,10 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             BatchNormalization; DepthwiseConv slices), scored by the
             criterion summed per channel. In a model, `UpdatePruningStep`
             updates coupled channels together (see `keras_gap.channel_groups`).
+        strict: with ``sparsity_m_by_n``, a weight whose input-channel axis
+            (-2) is not a multiple of M (or of rank < 2) raises a ValueError
+            when True; when False (default, as in tf-mot) that weight is left
+            unpruned with a warning naming it.
         **kwargs: passed to `keras.layers.Wrapper`.
 
     Returns:
@@ -125,7 +129,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                  block_pooling_type="AVG", sparsity_m_by_n=None,
                  prune_depthwise=False, criterion="magnitude", scope="layer",
                  distribution="uniform", pruning_group=None, structure="unstructured",
-                 **kwargs):
+                 strict=False, **kwargs):
         if isinstance(layer, PruneLowMagnitude):
             raise ValueError(
                 f"Layer {layer.layer.name!r} is already wrapped for pruning; "
@@ -154,6 +158,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         self.scope = scope
         self.distribution = distributions.validate_distribution(distribution)
         self.pruning_group = pruning_group
+        self.strict = bool(strict)
         self.structure = validate_structure(structure, self.block_size, self.sparsity_m_by_n)
         self.channel_axes = []
         self.step_callback_active = False
@@ -184,6 +189,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             self.channel_axes = [a for _, a in pairs]
         else:
             weights = registry.get_prunable_weights(self.layer, self.prune_depthwise)
+            weights = self._skip_unfit_n_by_m(weights)
         # A layer with nothing to prune (Dropout, Flatten, pooling, norms,
         # DepthwiseConv unless opted in) is a no-op wrapper, as in tf-mot.
         self._targets = [_find_owner_attribute(self.layer, w) for w in weights]
@@ -200,6 +206,21 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             name="pruning_step", shape=(), initializer="zeros",
             trainable=False, dtype="int32")
         self.built = True
+
+    def _skip_unfit_n_by_m(self, weights):
+        """Weights N:M can apply to; the others stay dense with a warning."""
+        if self.sparsity_m_by_n is None or self.strict:
+            return weights
+        m = self.sparsity_m_by_n[1]
+        fit = [w for w in weights if len(w.shape) >= 2 and int(w.shape[-2]) % m == 0]
+        for w in weights:
+            if not any(w is f for f in fit):
+                warnings.warn(
+                    f"sparsity_m_by_n={self.sparsity_m_by_n}: weight {w.path!r} of "
+                    f"shape {tuple(w.shape)} is left unpruned: its input-channel axis "
+                    f"(-2) is not a multiple of M={m}. Pass strict=True to raise "
+                    "instead.", stacklevel=3)
+        return fit
 
     def check_structure(self, shape):
         """Raises a clear error when block / N:M structure cannot apply."""
@@ -376,6 +397,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             "distribution": self.distribution,
             "pruning_group": self.pruning_group,
             "structure": self.structure,
+            "strict": self.strict,
             "step_origin": 1,
         })
         return config

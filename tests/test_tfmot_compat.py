@@ -103,3 +103,252 @@ def test_first_batch_is_step_one():
     assert _change_steps(trace) == [(4, 0.5)]
     trace = _keras_gap_trace(kg.ConstantSparsity(0.5, begin_step=1, frequency=100))
     assert _change_steps(trace) == [(1, 0.5)]
+
+
+@pytest.mark.core
+def test_legacy_checkpoint_schedule_is_shifted_exactly():
+    """A .keras saved when step 0 was the first batch updates at the same batches."""
+    wrapper = kg.PruneLowMagnitude(keras.layers.Dense(4), pruning_schedule=kg.PolynomialDecay(
+        0.1, 0.8, begin_step=2, end_step=10, frequency=3))
+    config = wrapper.get_config()
+    assert config["step_origin"] == 1
+    assert kg.PruneLowMagnitude.from_config(config).pruning_schedule.begin_step == 2
+    legacy = {k: v for k, v in config.items() if k != "step_origin"}
+    old = kg.PolynomialDecay(0.1, 0.8, begin_step=2, end_step=10, frequency=3)
+    new = kg.PruneLowMagnitude.from_config(legacy).pruning_schedule
+    assert (new.begin_step, new.end_step) == (3, 11)
+    for batch in range(20):  # old numbering: batch b was step b; now step b + 1
+        assert new(batch + 1) == old(batch)
+    gap = kg.PruneLowMagnitude(keras.layers.Dense(4), pruning_schedule=kg.GaPPruningSchedule(
+        0, 2, 0.5, steps_per_step=3, begin_step=1)).get_config()
+    gap.pop("step_origin")
+    gap["pruning_schedule"]["config"]["begin_step"] = 0  # what old keras-gap saved
+    assert kg.PruneLowMagnitude.from_config(gap).pruning_schedule.begin_step == 1
+
+
+# Layers --------------------------------------------------------------------------------
+@pytest.mark.core
+def test_multi_head_attention_called_with_keywords():
+    inp = keras.Input((5, 8))
+    mha = keras.layers.MultiHeadAttention(2, 4)
+    x = mha(query=inp, value=inp, key=inp, attention_mask=None)
+    x = keras.layers.MultiHeadAttention(2, 4)(inp, value=x)  # mixed positional / keyword
+    model = keras.Model(inp, keras.layers.Dense(3)(keras.layers.Flatten()(x)))
+    data = np.random.RandomState(0).rand(2, 5, 8).astype("float32")
+    want = np_(model(data))
+    pruned = kg.prune_low_magnitude(model)
+    assert len(collect_wrappers(pruned)) == 3
+    np.testing.assert_allclose(np_(pruned(data)), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.core
+def test_strip_pruning_of_a_never_built_sequential():
+    pruned = kg.prune_low_magnitude(keras.Sequential([keras.layers.Dense(3),
+                                                      keras.layers.Dense(2)]))
+    stripped = kg.strip_pruning(pruned)
+    assert not collect_wrappers(stripped)
+    assert stripped(np.ones((1, 4), "float32")).shape == (1, 2)
+
+
+@pytest.mark.core
+def test_weightless_and_non_prunable_layers_become_no_op_wrappers():
+    L = keras.layers
+    layers = [L.Dropout(0.1), L.MaxPooling2D(), L.BatchNormalization(),
+              L.DepthwiseConv2D(3, padding="same"), L.Flatten(), L.Dense(4)]
+    wrapped = kg.prune_low_magnitude(layers)  # unbuilt, as a tf-mot user writes it
+    model = keras.Sequential([keras.Input((6, 6, 2))] + wrapped)
+    assert [len(w.pruned_weights) for w in wrapped] == [0, 0, 0, 0, 0, 1]
+    model.compile("sgd", "mse")
+    model.fit(np.ones((4, 6, 6, 2)), np.ones((4, 4)), verbose=0,
+              callbacks=[kg.UpdatePruningStep()])
+    assert [type(l).__name__ for l in kg.strip_pruning(model).layers] == [
+        type(l).__name__ for l in layers]
+
+
+@pytest.mark.core
+def test_unknown_unbuilt_layer_error_does_not_claim_it_owns_weights():
+    class Mystery(keras.layers.Layer):
+        def build(self, shape):
+            self.w = self.add_weight(shape=(shape[-1],))
+
+        def call(self, x):
+            return x * self.w
+
+    with pytest.raises(ValueError, match="not built yet") as info:
+        kg.PruneLowMagnitude(Mystery())
+    assert "owns weights but" not in str(info.value)
+    built = Mystery()
+    built.build((None, 3))
+    with pytest.raises(ValueError, match="Mystery owns weights"):
+        kg.PruneLowMagnitude(built)
+
+
+@pytest.mark.core
+@pytest.mark.parametrize("make_cell, counts", [
+    (lambda L: L.RNN(L.LSTMCell(4)), [(3 * 16, 12), (4 * 16, 16)]),
+    (lambda L: L.RNN([L.LSTMCell(4), L.GRUCell(3), L.SimpleRNNCell(2)]),
+     [(48, 12), (64, 16), (36, 9), (27, 6), (6, 1), (4, 1)]),
+])
+def test_rnn_layers_with_cells_are_prunable(make_cell, counts):
+    model = keras.Sequential([keras.Input((5, 3)), make_cell(keras.layers),
+                              keras.layers.Dense(2)])
+    pruned = kg.prune_low_magnitude(model, pruning_schedule=kg.ConstantSparsity(
+        0.75, begin_step=1, frequency=1))
+    pruned.compile("adam", "mse")
+    pruned.fit(np.random.rand(16, 5, 3), np.random.rand(16, 2), verbose=0,
+               callbacks=[kg.UpdatePruningStep()])
+    w = collect_wrappers(pruned)[0]
+    assert w.mask_counts() == [(n, kg.masks.num_to_keep(n, 0.75)) for n, _ in counts]
+    assert [kept for _, kept in w.mask_counts()] == [k for _, k in counts]
+    for v, m in zip(w.pruned_weights, w.masks):
+        assert np.all(np_(v)[np_(m) == 0] == 0), v.path
+
+
+class _PrunableCell(keras.layers.Layer, kg.PrunableLayer):
+    state_size = 3
+
+    def build(self, shape):
+        self.kernel = self.add_weight(shape=(shape[-1], 3), name="kernel")
+        self.other = self.add_weight(shape=(3,), name="other")
+
+    def call(self, x, states):
+        h = keras.ops.tanh(keras.ops.matmul(x, self.kernel) + states[0] * self.other)
+        return h, [h]
+
+    def get_prunable_weights(self):
+        return [self.kernel]
+
+
+class _OpaqueCell(keras.layers.Layer):
+    state_size = 3
+
+    def build(self, shape):
+        self.kernel = self.add_weight(shape=(shape[-1], 3), name="kernel")
+
+    def call(self, x, states):
+        h = keras.ops.tanh(keras.ops.matmul(x, self.kernel) + states[0])
+        return h, [h]
+
+
+@pytest.mark.core
+def test_rnn_cell_with_get_prunable_weights_and_bad_cell_error():
+    rnn = keras.layers.RNN(_PrunableCell())
+    rnn.build((None, 4, 2))
+    w = kg.PruneLowMagnitude(rnn)
+    w.build((None, 4, 2))
+    assert [v.name for v in w.pruned_weights] == ["kernel"]
+    bad = keras.layers.RNN(_OpaqueCell(name="opaque"))
+    bad.build((None, 4, 2))
+    with pytest.raises(ValueError, match="RNN cell 'opaque' of type _OpaqueCell"):
+        kg.PruneLowMagnitude(bad).build((None, 4, 2))
+
+
+@pytest.mark.core
+def test_model_holding_a_wrapped_layer_is_pruned_around_it():
+    schedule = kg.ConstantSparsity(0.9, begin_step=1, frequency=1)
+    mine = kg.prune_low_magnitude(keras.layers.Dense(8, name="mine"), pruning_schedule=schedule)
+    model = keras.Sequential([keras.Input((4,)), mine, keras.layers.Dense(2, name="other")])
+    pruned = kg.prune_low_magnitude(model)
+    wrappers = collect_wrappers(pruned)
+    assert [w.layer.name for w in wrappers] == ["mine", "other"]
+    assert wrappers[0] is mine and wrappers[0].pruning_schedule == schedule
+    with pytest.raises(ValueError, match="already pruned: every prunable layer is wrapped"):
+        kg.prune_low_magnitude(pruned)
+
+
+@pytest.mark.core
+def test_n_by_m_on_weights_that_do_not_fit_warns_and_leaves_them_dense():
+    L = keras.layers
+    model = keras.Sequential([keras.Input((6,)), L.Dense(8, name="odd_in"),
+                              L.Dense(4, name="fits")])
+    with pytest.warns(UserWarning, match=r"'sequential.*odd_in/kernel'.*left unpruned"):
+        pruned = kg.prune_low_magnitude(model, sparsity_m_by_n=(2, 4))
+    wrappers = collect_wrappers(pruned)
+    assert [len(w.pruned_weights) for w in wrappers] == [0, 1]
+    pruned.compile("sgd", "mse")
+    pruned.fit(np.ones((8, 6)), np.ones((8, 4)), verbose=0,
+               callbacks=[kg.UpdatePruningStep()])
+    assert wrappers[1].mask_counts() == [(32, 16)]  # 2 of every 4 from step 1 (tf-mot)
+    with pytest.raises(ValueError, match="divisible by M=4"):
+        kg.prune_low_magnitude(model, sparsity_m_by_n=(2, 4), strict=True)
+
+
+@pytest.mark.core
+def test_very_high_sparsity_keeps_one_weight_per_tensor():
+    dense = keras.layers.Dense(8)
+    wrapper = kg.PruneLowMagnitude(dense, pruning_schedule=kg.ConstantSparsity(0.99, 1))
+    wrapper.build((None, 10))
+    wrapper.update_masks(0.99)  # tf-mot keeps max(1, round(80 * 0.01)) = 1
+    assert wrapper.mask_counts() == [(80, 1)]
+    x = np.random.RandomState(0).rand(4, 10).astype("float32")
+    out = np_(wrapper(x))
+    assert np.ptp(out, axis=0).max() > 0, "the output must not be constant"
+    a, b = keras.ops.ones((10, 8)) * 1e-3, keras.ops.ones((20, 8))
+    masks = kg.masks.global_topk_masks([a, b], 0.99)  # global: exact total, >= 1 each
+    kept = [int(np_(m).sum()) for m in masks]
+    assert kept == [1, kg.masks.num_to_keep(240, 0.99) - 1]
+
+
+# Public names ----------------------------------------------------------------------------
+@pytest.mark.tfmot
+@needs_tfmot
+def test_every_tfmot_sparsity_name_exists_in_keras_gap():
+    theirs = _run_tfmot("tfmot_names.py")
+    assert theirs, "tf-mot exported nothing?"
+    missing = [n for n in theirs if not hasattr(kg, n)]
+    assert not missing, f"tfmot.sparsity.keras names missing from keras_gap: {missing}"
+
+
+@pytest.mark.core
+def test_prunable_layer_and_prune_scope(tmp_path):
+    class MyDense(keras.layers.Layer, kg.PrunableLayer):
+        def build(self, shape):
+            self.kernel = self.add_weight(shape=(shape[-1], 4), name="kernel")
+
+        def call(self, x):
+            return keras.ops.matmul(x, self.kernel)
+
+        def get_prunable_weights(self):
+            return [self.kernel]
+
+    with pytest.raises(TypeError):
+        type("NoWeights", (keras.layers.Layer, kg.PrunableLayer), {})()
+    wrapper = kg.PruneLowMagnitude(MyDense())
+    wrapper.build((None, 3))
+    assert [v.name for v in wrapper.pruned_weights] == ["kernel"]
+    pruned = kg.prune_low_magnitude(keras.Sequential([keras.Input((3,)), keras.layers.Dense(4)]))
+    path = str(tmp_path / "pruned.keras")
+    pruned.save(path)
+    with kg.prune_scope():
+        loaded = keras.models.load_model(path)
+    assert isinstance(loaded.layers[0], kg.PruneLowMagnitude)
+
+
+def _xnnpack_net(extra=None):
+    L = keras.layers
+    inp = keras.Input((16, 16, 3))
+    x = L.Conv2D(8, 3, strides=2, padding="valid")(L.ZeroPadding2D(1)(inp))
+    x = L.ReLU()(L.BatchNormalization()(x))
+    y = L.Conv2D(8, 1, name="pw1")(L.DepthwiseConv2D(3, padding="same")(x))
+    x = L.Add()([x, y])
+    if extra is not None:
+        x = extra(x)
+    x = L.Conv2D(16, 1, activation="relu", name="pw2")(x)
+    x = L.GlobalAveragePooling2D(keepdims=True)(x)
+    return keras.Model(inp, L.Dense(10, name="head")(L.Flatten()(x)))
+
+
+@pytest.mark.core
+def test_prune_for_latency_on_xnnpack():
+    policy = kg.PruneForLatencyOnXNNPack()
+    assert isinstance(policy, kg.PruningPolicy)
+    pruned = kg.prune_low_magnitude(_xnnpack_net(), pruning_policy=policy)
+    assert [w.layer.name for w in collect_wrappers(pruned)] == ["pw1", "pw2"]
+    with pytest.raises(ValueError, match="MaxPooling2D is not supported by the "
+                                         "PruneForLatencyOnXNNPack"):
+        kg.prune_low_magnitude(_xnnpack_net(keras.layers.MaxPooling2D(1)),
+                               pruning_policy=policy)
+    plain = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3),
+                              keras.layers.Flatten(), keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match="Conv2D 3x3 with strides 2"):
+        kg.prune_low_magnitude(plain, pruning_policy=policy)
