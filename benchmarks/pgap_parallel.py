@@ -46,7 +46,7 @@ from absl import app, flags  # noqa: E402
 from _machine import machine_info  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("train_limit", 20000, "Fashion-MNIST training examples.")
+flags.DEFINE_integer("train_limit", 30000, "Fashion-MNIST training examples.")
 flags.DEFINE_integer("test_limit", 10000, "Fashion-MNIST test examples.")
 flags.DEFINE_integer("partitions", 2, "K, GaP partitions (copies per round).")
 flags.DEFINE_integer("workers", 2, "Ray workers.")

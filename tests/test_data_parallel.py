@@ -3,8 +3,9 @@
 TensorFlow: `tf.distribute.MirroredStrategy`; JAX: `keras.distribution.DataParallel`.
 Device configuration must precede TensorFlow / JAX initialization, so every
 backend's cases run in one fresh subprocess (subprocess_scripts/data_parallel.py).
-After every training step: masks, step counters, pruned weights (and FGGP's
-recorded gradients) identical on every replica, masked entries exactly zero;
+After every training step: every model variable (masks, step counters, weights,
+growing gates' scores and samples) and FGGP's recorded gradients identical on
+every replica, masked entries exactly zero;
 at the end: equal to single-device training from the same start within float
 tolerance.
 """
@@ -20,7 +21,7 @@ import pytest
 HERE = os.path.dirname(__file__)
 SCRIPT = os.path.join(HERE, "subprocess_scripts", "data_parallel.py")
 CASES = ["unstructured", "block", "n_by_m", "global", "fggp", "channel",
-         "gap_cgap", "gap_pgap"]
+         "gap_cgap", "gap_pgap", "gap_channel", "growing"]
 _RESULTS = {}
 
 
@@ -50,6 +51,6 @@ def test_pruning_under_data_parallel(backend, case):
     assert result["steps_checked"] == 6
     assert result["max_replica_diff"] == 0.0      # masks, counters, weights agree
     assert result["masked_nonzero"] == 0          # masked entries exactly zero
-    assert set(result["steps"]) == {6}            # every wrapper counted 6 steps
+    assert set(result["steps"]) == {6}            # every wrapper (growing: optimizer) at 6
     assert result["max_diff_vs_single"] < 1e-5    # same as one device
-    assert result["sparsity"] > 0.45
+    assert result["sparsity"] > 0.45              # growing: half the channels sampled off

@@ -9,8 +9,9 @@ initialization):
 TensorFlow trains under ``tf.distribute.MirroredStrategy`` over two logical
 CPUs; JAX under ``keras.distribution.DataParallel`` over two host devices.
 After every training step a callback reads every replica's copy of every
-mask, pruning step counter and pruned weight and records whether they agree
-and whether the masked entries are exactly zero. The same case is then
+model variable (masks, step counters, weights, growing gates' scores and
+samples) and records whether they agree and whether the masked entries are
+exactly zero. The same case is then
 trained on one device from the same initial weights and data; the final
 weights are compared. One JSON line per case on stdout:
 ``{"case", "ok", "steps_checked", "replicas", "max_replica_diff",
@@ -84,6 +85,11 @@ CASES = {
                                                 structure="channel"),
     "gap_cgap": lambda m: kg.prune_gap(m, target_sparsity=0.8, num_partitions=2,
                                        steps_per_step=2, rounds=1, finetune_steps=2),
+    "gap_channel": lambda m: kg.prune_gap(m, target_sparsity=0.5, num_partitions=2,
+                                          steps_per_step=2, rounds=1, finetune_steps=2,
+                                          structure="channel"),
+    "growing": lambda m: kg.growing.add_gates(m, seed_channels=0.5, seed=1,
+                                              target=kg.growing.Budget(flops=0.5)),
     "gap_pgap": lambda m: kg.prune_gap(m, target_sparsity=0.8, num_partitions=2,
                                        steps_per_step=2, rounds=1, finetune_steps=2,
                                        method="pgap"),
@@ -115,14 +121,14 @@ class _Check(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         model = self.model  # JAX: syncs the trainer state into the variables
         self.steps += 1
+        # Every model variable: masks, step counters, weights, gate scores/samples.
+        for v in model.variables:
+            reps = _replicas(v)
+            self.replicas = max(self.replicas, len(reps))
+            for r in reps[1:]:
+                diff = float(np.max(np.abs(r.astype("float64") - reps[0])))
+                self.max_diff = max(self.max_diff, diff)
         for w in _wrappers(model):
-            state = list(w.masks) + list(w.pruned_weights) + [w.pruning_step]
-            for v in state:
-                reps = _replicas(v)
-                self.replicas = max(self.replicas, len(reps))
-                for r in reps[1:]:
-                    diff = float(np.max(np.abs(r.astype("float64") - reps[0])))
-                    self.max_diff = max(self.max_diff, diff)
             for weight, mask in zip(w.pruned_weights, w.masks):
                 for wv, mv in zip(_replicas(weight), _replicas(mask)):
                     self.masked_nonzero += int(np.count_nonzero(wv[mv == 0]))
@@ -139,8 +145,21 @@ def _wrappers(model):
 
 
 def _callback(pruned):
+    if any(isinstance(l, kg.growing.Gate) for l in pruned._flatten_layers()):
+        return kg.growing.GrowingCallback(final_temperature=10.0, epochs=1, penalty=0.1)
     gap = any(isinstance(w.pruning_schedule, kg.GaPPruningSchedule) for w in _wrappers(pruned))
     return kg.GaPCallback(verbose=0) if gap else kg.UpdatePruningStep()
+
+
+_STRATEGY = []
+
+
+def _strategy():
+    """One MirroredStrategy for all cases (a new one per case reuses collective
+    instance keys with other shapes)."""
+    if not _STRATEGY:
+        _STRATEGY.append(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    return _STRATEGY[0]
 
 
 def _train(case, distributed):
@@ -154,8 +173,7 @@ def _train(case, distributed):
         return pruned
 
     if distributed and BACKEND == "tensorflow":
-        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-        with strategy.scope():
+        with _strategy().scope():
             pruned = build()
     elif distributed:
         import jax
@@ -183,12 +201,15 @@ def run(case):
         diffs = [float(np.max(np.abs(keras.ops.convert_to_numpy(a).astype("float64")
                                      - keras.ops.convert_to_numpy(b))))
                  for a, b in zip(dist.variables, single.variables)]
-        masks = [keras.ops.convert_to_numpy(m) for w in _wrappers(dist) for m in w.masks]
+        masks = [keras.ops.convert_to_numpy(m) for w in _wrappers(dist) for m in w.masks] or [
+            keras.ops.convert_to_numpy(l.sample) for l in dist._flatten_layers()
+            if isinstance(l, kg.growing.Gate)]  # growing: fraction of channels sampled off
         report.update(
             steps_checked=check.steps, replicas=check.replicas,
             max_replica_diff=check.max_diff, masked_nonzero=check.masked_nonzero,
             max_diff_vs_single=max(diffs),
-            steps=[int(keras.ops.convert_to_numpy(w.pruning_step)) for w in _wrappers(dist)],
+            steps=[int(keras.ops.convert_to_numpy(w.pruning_step)) for w in _wrappers(dist)]
+            or [int(keras.ops.convert_to_numpy(dist.optimizer.iterations))],
             sparsity=float(1 - sum(np.count_nonzero(m) for m in masks)
                            / sum(m.size for m in masks)),
             ok=True, error=None)
