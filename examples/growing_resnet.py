@@ -29,18 +29,23 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_float("budget", 0.5, "Target inference MACs, as a fraction of the space.")
-flags.DEFINE_float("seed_channels", 0.25, "Fraction of each layer's channels on at the start.")
-flags.DEFINE_integer("blocks", 2, "Residual blocks per stage in the space.")
-flags.DEFINE_integer("epochs", 6, "Training epochs (both models).")
-flags.DEFINE_float("final_temperature", 200.0, "Gate temperature at the end of training.")
-flags.DEFINE_float("learning_rate", 2e-3, "Peak Adam learning rate (cosine decay).")
-flags.DEFINE_integer("limit", 12000, "Use only the first N training images.")
-flags.DEFINE_integer("test_limit", None, "Use only the first N test images.")
-flags.DEFINE_integer("batch_size", 64, "Batch size.")
-flags.DEFINE_integer("latency_runs", 300, "Timed TFLite runs per model.")
-flags.DEFINE_integer("seed", 0, "Random seed.")
-flags.DEFINE_string("output_dir", "out/growing_resnet", "Where models and results go.")
+
+
+def define_flags():
+    """The example's flags (defined only when it runs, so that benchmarks can import
+    `build_space`)."""
+    flags.DEFINE_float("budget", 0.5, "Target inference MACs, as a fraction of the space.")
+    flags.DEFINE_float("seed_channels", 0.25, "Fraction of each layer's channels on at the start.")
+    flags.DEFINE_integer("blocks", 2, "Residual blocks per stage in the space.")
+    flags.DEFINE_integer("epochs", 6, "Training epochs (both models).")
+    flags.DEFINE_float("final_temperature", 200.0, "Gate temperature at the end of training.")
+    flags.DEFINE_float("learning_rate", 2e-3, "Peak Adam learning rate (cosine decay).")
+    flags.DEFINE_integer("limit", 12000, "Use only the first N training images.")
+    flags.DEFINE_integer("test_limit", None, "Use only the first N test images.")
+    flags.DEFINE_integer("batch_size", 64, "Batch size.")
+    flags.DEFINE_integer("latency_runs", 300, "Timed TFLite runs per model.")
+    flags.DEFINE_integer("seed", 0, "Random seed.")
+    flags.DEFINE_string("output_dir", "out/growing_resnet", "Where models and results go.")
 
 
 def build_space(widths=(16, 32, 64), blocks=2):
@@ -168,4 +173,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

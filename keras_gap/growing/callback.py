@@ -12,10 +12,14 @@ split into ``rounds`` equal rounds of R epochs):
   over every structure g (channel of a gated group, residual block), with
   ``cost_g`` its share of the full space's inference MACs (or parameters
   for ``Budget(params=...)``; see `GateStructure.costs`);
-* lambda adaptation, at every epoch end:
-  ``lambda <- clip(lambda * exp(penalty_rate * (r - t) / t), 1e-6, 1e4)``
-  where ``r`` is the hard-gate (finalized) cost ratio and ``t`` the target:
-  raised while over budget, lowered while under.
+* lambda adaptation (a proportional-integral controller), every
+  ``update_freq`` steps (10) and at every epoch end, with ``e = (r - t) / t``, ``r`` the
+  hard-gate (finalized) cost ratio and ``t`` the target:
+  ``I <- clip(I + penalty_rate * e, -100, 100)``,
+  ``lambda <- clip(I + penalty_gain * e, -100, 100)``:
+  raised while over budget, lowered while under, below zero under budget
+  (then the penalty rewards growing, cheap structures most). ``I`` starts at
+  ``penalty`` (default 0).
 
 Cost accounting (epoch logs, so the progress bar, ``History`` and
 TensorBoard): ``flops`` the expected inference MACs ratio of the gated network
@@ -37,10 +41,10 @@ import keras
 import numpy as np
 
 from keras_gap.growing import gating
-from keras_gap.growing.gates import (BLOCK, EPOCH, TOTAL_EPOCHS, TRAIN_COST,
+from keras_gap.growing.gates import (BLOCK, EPOCH, PENALTY_INTEGRAL, TOTAL_EPOCHS, TRAIN_COST,
                                      TRAIN_EPOCHS)
 
-_LAMBDA_RANGE = (1e-6, 1e4)
+_LAMBDA_RANGE = (-100.0, 100.0)
 
 
 class GrowingCallback(keras.callbacks.Callback):
@@ -63,8 +67,13 @@ class GrowingCallback(keras.callbacks.Callback):
         rounds: number of rounds (int >= 1).
         epochs: planned epochs of the whole schedule; None takes the
             ``epochs`` of the first ``fit`` (saved in the model).
-        penalty: initial lambda (>= 0) when a budget is set.
-        penalty_rate: speed of the lambda adaptation (>= 0; 0 keeps it fixed).
+        penalty: initial lambda (and integral term) when a budget is set.
+        penalty_rate: integral gain: step of the integral term per update
+            (>= 0).
+        penalty_gain: proportional gain (>= 0); 0 and 0 keep lambda fixed.
+        update_freq: an int N (default 10): adapt lambda every N training
+            steps as well as at each epoch end (reads the scores: one device
+            sync per update), or "epoch": at epoch ends only.
         log_dir: directory for TensorBoard scalars (``<log_dir>/growing``;
             needs TensorFlow installed), or None.
 
@@ -76,8 +85,8 @@ class GrowingCallback(keras.callbacks.Callback):
         ...           callbacks=[kg.growing.GrowingCallback(final_temperature=200)])
     """
 
-    def __init__(self, final_temperature=200.0, rounds=1, epochs=None, penalty=1.0,
-                 penalty_rate=1.0, log_dir=None):
+    def __init__(self, final_temperature=200.0, rounds=1, epochs=None, penalty=0.0,
+                 penalty_rate=0.05, penalty_gain=2.0, update_freq=10, log_dir=None):
         super().__init__()
         if isinstance(final_temperature, bool) or not isinstance(
                 final_temperature, (int, float)) or final_temperature <= 1:
@@ -87,9 +96,18 @@ class GrowingCallback(keras.callbacks.Callback):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                       or value < low):
                 raise ValueError(f"`{name}` must be an int >= {low}; received {value!r}.")
-        for name, value in (("penalty", penalty), ("penalty_rate", penalty_rate)):
+        if isinstance(penalty, bool) or not isinstance(penalty, (int, float)):
+            raise ValueError(f"`penalty` must be a number; received {penalty!r}.")
+        for name, value in (("penalty_rate", penalty_rate), ("penalty_gain", penalty_gain)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"`{name}` must be a number >= 0; received {value!r}.")
+        self.penalty_gain = float(penalty_gain)
+        if update_freq != "epoch" and (isinstance(update_freq, bool) or not isinstance(
+                update_freq, int) or update_freq < 1):
+            raise ValueError("`update_freq` must be 'epoch' or a positive int; received "
+                             f"{update_freq!r}.")
+        self.update_freq = update_freq
+        self._steps = 0
         if log_dir is not None and (not isinstance(log_dir, (str, os.PathLike))
                                     or not str(log_dir)):
             raise ValueError(f"`log_dir` must be a directory path or None; received "
@@ -139,6 +157,7 @@ class GrowingCallback(keras.callbacks.Callback):
         if state[TOTAL_EPOCHS] == 0:
             total = self.epochs or int((self.params or {}).get("epochs") or 1)
             state[TOTAL_EPOCHS] = total
+            state[PENALTY_INTEGRAL] = self.penalty
             self._set_state(state)
             self._assign("penalty", self.penalty if self.kind is not None else 0.0)
         self._total = int(state[TOTAL_EPOCHS])
@@ -195,14 +214,11 @@ class GrowingCallback(keras.callbacks.Callback):
             values["blocks"] = blocks
         values["beta"] = float(keras.ops.convert_to_numpy(gates[0].beta))
         if self.kind is not None:
-            lam = float(keras.ops.convert_to_numpy(gates[0].penalty))
-            values["penalty"] = lam
-            r = structure.ratio(hard, self.kind)
+            values["penalty"] = float(keras.ops.convert_to_numpy(gates[0].penalty))
+            r = self._adapt_penalty(hard)
+            state[PENALTY_INTEGRAL] = self._state()[PENALTY_INTEGRAL]
             if self.kind == "params":
                 values["params_final"] = r
-            lam = float(np.clip(lam * math.exp(self.penalty_rate * (r - self.target)
-                                               / self.target), *_LAMBDA_RANGE))
-            self._assign("penalty", lam)
         state[EPOCH] += 1
         e = int(state[EPOCH])
         if e % self._per_round() == 0 and e < self._per_round() * self.rounds:
@@ -216,7 +232,27 @@ class GrowingCallback(keras.callbacks.Callback):
                     self._tf.summary.scalar(f"growing/{tag}", value)
             self._writer.flush()
 
+    def _adapt_penalty(self, hard):
+        """One lambda update from the hard-gate cost ratio; returns the ratio."""
+        r = self.structure.ratio(hard, self.kind)
+        e = (r - self.target) / self.target
+        state = self._state()
+        state[PENALTY_INTEGRAL] = np.clip(state[PENALTY_INTEGRAL] + self.penalty_rate * e,
+                                          *_LAMBDA_RANGE)
+        self._set_state(state)
+        self._assign("penalty", float(np.clip(state[PENALTY_INTEGRAL] + self.penalty_gain * e,
+                                              *_LAMBDA_RANGE)))
+        return r
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.update_freq == "epoch" or self.kind is None:
+            return
+        self._steps += 1
+        if self._steps % self.update_freq == 0:
+            self.model  # JAX: sync the trainer's state before reading / editing it.
+            self._adapt_penalty([gating.hard_gates(g) for g in self.gates])
+
     def _end_round(self, beta):
         for g in self.gates:
-            s = np.asarray(keras.ops.convert_to_numpy(g.score), dtype=np.float64)
-            g.score.assign(np.minimum(beta * s, g.initial_score).astype("float32"))
+            s = np.asarray(keras.ops.convert_to_numpy(g.scores()), dtype=np.float64)
+            g.set_scores(np.minimum(beta * s, g.initial_score).astype("float32"))

@@ -31,7 +31,7 @@ from keras import ops
 SCORE_NAME = "gate_score"
 CHANNEL, BLOCK = "channel", "block"
 # schedule variable layout
-EPOCH, TOTAL_EPOCHS, TRAIN_COST, TRAIN_EPOCHS = range(4)
+EPOCH, TOTAL_EPOCHS, TRAIN_COST, TRAIN_EPOCHS, PENALTY_INTEGRAL = range(5)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +93,9 @@ class Gate(keras.layers.Layer):
         budget_kind: "flops", "params" or None (no budget, no penalty).
         budget: the target ratio (see `Budget`).
         initial_score: magnitude of the seed scores; rounds clip scores to it.
+        score_scale: the score is ``score_scale`` times the trained variable,
+            so an Adam-like optimizer moves scores ``score_scale`` times
+            faster than other weights (their own step size).
         seed: seed of the gate samples.
         **kwargs: Layer arguments (name, dtype).
 
@@ -106,7 +109,7 @@ class Gate(keras.layers.Layer):
     """
 
     def __init__(self, units, kind=CHANNEL, targets=(), branch=None, budget_kind=None,
-                 budget=None, initial_score=2.0, seed=None, **kwargs):
+                 budget=None, initial_score=2.0, score_scale=1.0, seed=None, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(units, int) or units < 1:
             raise ValueError(f"Gate `units` must be a positive int; received {units!r}.")
@@ -119,6 +122,7 @@ class Gate(keras.layers.Layer):
         self.budget_kind = budget_kind
         self.budget = budget
         self.initial_score = float(initial_score)
+        self.score_scale = float(score_scale)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
@@ -133,7 +137,7 @@ class Gate(keras.layers.Layer):
                                     trainable=False)
         self.sample = self.add_weight(name="sample", shape=(self.units,),
                                       initializer="ones", trainable=False)
-        self.schedule = self.add_weight(name="schedule", shape=(4,), initializer="zeros",
+        self.schedule = self.add_weight(name="schedule", shape=(5,), initializer="zeros",
                                         trainable=False)
         self.built = True
 
@@ -143,12 +147,21 @@ class Gate(keras.layers.Layer):
             return ops.zeros_like(s)
         return ops.cast(s >= ops.max(s), s.dtype)
 
+    def scores(self):
+        """The scores ``s`` (``score_scale`` times the variable) as a tensor."""
+        return ops.cast(self.score, "float32") * self.score_scale
+
+    def set_scores(self, values):
+        """Assigns the scores ``s`` (numpy or tensor of shape (units,))."""
+        self.score.assign(ops.cast(ops.convert_to_tensor(values), "float32")
+                          / self.score_scale)
+
     def soft_gate(self):
         """``sigmoid(beta * s)`` as a tensor (the probability of being on)."""
-        return ops.sigmoid(ops.cast(self.beta, "float32") * ops.cast(self.score, "float32"))
+        return ops.sigmoid(ops.cast(self.beta, "float32") * self.scores())
 
     def call(self, inputs, training=None):
-        s = ops.cast(self.score, "float32")
+        s = self.scores()
         if not training:
             return ops.maximum(ops.cast(s > 0, "float32"), self._top(s))
         soft = self.soft_gate()
@@ -170,7 +183,8 @@ class Gate(keras.layers.Layer):
         config = super().get_config()
         config.update(units=self.units, kind=self.kind, targets=list(self.targets),
                       branch=self.branch, budget_kind=self.budget_kind, budget=self.budget,
-                      initial_score=self.initial_score, seed=self.seed)
+                      initial_score=self.initial_score, score_scale=self.score_scale,
+                      seed=self.seed)
         return config
 
 

@@ -180,7 +180,7 @@ def _stage_of(graph, add):
 
 # add_gates -------------------------------------------------------------------------------
 def add_gates(space, seed_channels=0.25, seed_blocks=None, target=None, initial_score=2.0,
-              seed=None):
+              score_scale=10.0, seed=None):
     """The search space with growing gates on its channel groups and residual blocks.
 
     One `Gate` per removable channel group (`keras_gap.channel_groups`; coupled
@@ -208,6 +208,10 @@ def add_gates(space, seed_channels=0.25, seed_blocks=None, target=None, initial_
             or None for no budget penalty.
         initial_score: magnitude of the seed scores (> 0); ``sigmoid(score)``
             is the starting probability of a seed channel being sampled on.
+        score_scale: step-size multiplier of the scores (> 0): each score is
+            ``score_scale`` times its trained variable, so Adam (whose step
+            does not depend on the gradient's scale) moves scores that much
+            faster than the weights; with SGD the factor is its square.
         seed: seed of the gate samples (None: random).
 
     Returns:
@@ -233,10 +237,9 @@ def add_gates(space, seed_channels=0.25, seed_blocks=None, target=None, initial_
     if target is not None and not isinstance(target, Budget):
         raise ValueError("`target` must be a keras_gap.growing.Budget (e.g. Budget(flops=0.5)) "
                          f"or None; received {target!r}.")
-    if isinstance(initial_score, bool) or not isinstance(initial_score, (int, float)) or (
-            initial_score <= 0):
-        raise ValueError(f"`initial_score` must be a positive number; received "
-                         f"{initial_score!r}.")
+    for name, value in (("initial_score", initial_score), ("score_scale", score_scale)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ValueError(f"`{name}` must be a positive number; received {value!r}.")
     functional = _functional(space)
     if gates_of(space):
         raise ValueError(f"Model {space.name!r} already has growing gates; train it, or "
@@ -273,14 +276,14 @@ def add_gates(space, seed_channels=0.25, seed_blocks=None, target=None, initial_
         group = graph.groups[g]
         gate = Gate(group.size, kind=CHANNEL, targets=[p.name for p, _ in chosen],
                     budget_kind=kind, budget=value, initial_score=initial_score,
-                    seed=rng_seed + i, name=f"{group.name}_gate")
+                    score_scale=score_scale, seed=rng_seed + i, name=f"{group.name}_gate")
         channel_gates.append(gate)
         for _, layer in chosen:
             after[id(layer)] = gate
     on_add, block_gates, stages = {}, [], {}
     for j, (add, branch, _) in enumerate(blocks):
         gate = Gate(1, kind=BLOCK, targets=[add.name], branch=branch, budget_kind=kind,
-                    budget=value, initial_score=initial_score,
+                    budget=value, initial_score=initial_score, score_scale=score_scale,
                     seed=rng_seed + len(sites) + j, name=f"{add.name}_block_gate")
         on_add[id(add)] = (gate, branch)
         stage = stages.setdefault(_stage_of(graph, add), [])
@@ -308,12 +311,12 @@ def add_gates(space, seed_channels=0.25, seed_blocks=None, target=None, initial_
     gated = _rebuild(functional, call_fn, f"{space.name}_gated")
     for gate in channel_gates:
         n_on = min(gate.units, max(1, int(round(seed_channels * gate.units))))
-        gate.score.assign(np.where(np.arange(gate.units) < n_on, initial_score,
-                                   -initial_score).astype("float32"))
+        gate.set_scores(np.where(np.arange(gate.units) < n_on, initial_score,
+                                 -initial_score).astype("float32"))
     for stage in stages.values():
         for k, gate in enumerate(stage):
-            gate.score.assign(np.full((1,), initial_score if k < seed_blocks
-                                      else -initial_score, "float32"))
+            gate.set_scores(np.full((1,), initial_score if k < seed_blocks
+                                    else -initial_score, "float32"))
     structure = GateStructure(gated)
     costs = structure.costs(kind or "flops")
     for gate, cost in zip(structure.gates, costs):
@@ -324,7 +327,7 @@ def add_gates(space, seed_channels=0.25, seed_blocks=None, target=None, initial_
 # Reading a gated model back --------------------------------------------------------------
 def hard_gates(gate):
     """The inference gate values of ``gate`` as a numpy 0/1 array (top channel kept)."""
-    s = np.asarray(keras.ops.convert_to_numpy(gate.score), dtype=np.float64)
+    s = np.asarray(keras.ops.convert_to_numpy(gate.scores()), dtype=np.float64)
     on = s > 0
     if gate.kind == CHANNEL and gate.units > 1:
         on |= s >= s.max()
@@ -333,7 +336,7 @@ def hard_gates(gate):
 
 def soft_gates(gate):
     """``sigmoid(beta * s)`` of ``gate`` as numpy."""
-    s = np.asarray(keras.ops.convert_to_numpy(gate.score), dtype=np.float64)
+    s = np.asarray(keras.ops.convert_to_numpy(gate.scores()), dtype=np.float64)
     beta = float(keras.ops.convert_to_numpy(gate.beta))
     return 1.0 / (1.0 + np.exp(-np.clip(beta * s, -60, 60)))
 
