@@ -316,6 +316,8 @@ class PruningSummaries(keras.callbacks.Callback):
     Args:
         log_dir: directory for the event files (created if missing).
         update_freq: "epoch" (default) or an int N: also write every N batches.
+        **kwargs: tf-mot passes `keras.callbacks.TensorBoard` arguments on;
+            here they are accepted and ignored with a warning.
 
     Returns:
         A Keras callback.
@@ -325,10 +327,17 @@ class PruningSummaries(keras.callbacks.Callback):
         ...                             kg.PruningSummaries(log_dir="logs")])
     """
 
-    def __init__(self, log_dir, update_freq="epoch"):
+    def __init__(self, log_dir, update_freq="epoch", **kwargs):
         super().__init__()
         if not isinstance(log_dir, (str, os.PathLike)) or not str(log_dir):
             raise ValueError(f"`log_dir` must be a directory path; received {log_dir!r}.")
+        if kwargs:
+            # tf-mot's PruningSummaries is a TensorBoard subclass and takes its
+            # arguments; they mean nothing here.
+            warnings.warn(
+                f"PruningSummaries ignores the TensorBoard arguments {sorted(kwargs)}: it "
+                "writes pruning scalars only. Add keras.callbacks.TensorBoard(...) for "
+                "the rest.", stacklevel=2)
         if update_freq != "epoch" and not (isinstance(update_freq, int) and update_freq > 0):
             raise ValueError(
                 f"`update_freq` must be 'epoch' or a positive int; received {update_freq!r}.")

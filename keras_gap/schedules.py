@@ -6,6 +6,12 @@ sparsity they are recomputed to. ``get_config()`` returns
 ``{"class_name": ..., "config": {...}}`` and ``from_config(config)`` is
 ``cls(**config)``, exactly as in ``tfmot.sparsity.keras``.
 
+Steps are numbered as in tf-mot: the first training batch is step 1 (the
+callbacks call the schedule with ``pruning_step + 1`` before each batch), so
+``begin_step=0`` and ``begin_step=1`` differ only in where the ``frequency``
+grid starts: ``ConstantSparsity(0.5, begin_step=0, frequency=100)`` first
+fires at step 100, ``begin_step=1`` at step 1.
+
 Called with a Python int (what keras-gap's callbacks do) a schedule returns a
 Python bool and float. Called with a tensor (what tf-mot's wrapper does) it
 returns tensors, so keras-gap schedules also drive tf-mot training.

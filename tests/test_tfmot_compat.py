@@ -352,3 +352,9 @@ def test_prune_for_latency_on_xnnpack():
                               keras.layers.Flatten(), keras.layers.Dense(2)])
     with pytest.raises(ValueError, match="Conv2D 3x3 with strides 2"):
         kg.prune_low_magnitude(plain, pruning_policy=policy)
+
+
+@pytest.mark.core
+def test_pruning_summaries_accepts_tensorboard_arguments_with_a_warning():
+    with pytest.warns(UserWarning, match=r"ignores the TensorBoard arguments \['profile_batch'\]"):
+        kg.PruningSummaries(log_dir="unused", profile_batch=0)

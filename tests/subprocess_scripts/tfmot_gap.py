@@ -22,7 +22,8 @@ x = np.random.rand(320, 16).astype("float32")
 y = (x.sum(1) > 8).astype("int32")
 layers = [tf_keras.Input((16,))]
 for name, width in (("d0", 32), ("d1", 32), ("d2", 32), ("d3", 2)):
-    # tf-mot's wrapper counts training steps from 1: GaP starts at begin_step=1.
+    # tf-mot and keras-gap both count training steps from 1: begin_step=1 (the default)
+    # starts GaP at the first batch.
     schedule = kg.GaPPruningSchedule(layers_in_partition[name], K, TARGET, rounds=1,
                                      steps_per_step=STEPS_PER_STEP, begin_step=1)
     layers.append(tfmot.sparsity.keras.prune_low_magnitude(
