@@ -166,6 +166,8 @@ def test_matches_in_process_pgap_with_a_worker_killed_mid_round(
     _assert_same(_values(pruned), reference)       # ... from the round's start: same result
     assert [h["round"] for h in run.history] == [1, 2]
     assert all(set(h["copies"]) == {"0", "1"} for h in run.history)
+    # 2 workers on the shared 2-CPU instance: 1 CPU each, TensorFlow capped at 1 thread.
+    assert {t for h in run.history for t in h["worker_threads"].values()} == {1}
     assert all(abs(h["sparsity"] - 0.8) < 0.01 for h in run.history)
     assert "loss" in run.history[0]["copies"]["0"] and run.finetune_history["loss"]
     assert "round 1/2 partition 0" in out and "round 2/2: merged 2 copies" in out

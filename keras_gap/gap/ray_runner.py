@@ -264,7 +264,17 @@ class Worker:
         return {"values": pgap.snapshot(self.model, self.wrappers),
                 "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
                 "partition": partition, "pid": pid, "seconds": time.time() - t0,
+                "threads": _intra_op_threads(),
                 "steps_per_step": int(callback.schedule.steps_per_step)}
+
+
+def _intra_op_threads():
+    """TensorFlow's intra-op thread count in this process (None without TF)."""
+    try:
+        import tensorflow as tf
+        return int(tf.config.threading.get_intra_op_parallelism_threads())
+    except ImportError:
+        return None
 
 
 def _floats(logs):
@@ -615,7 +625,9 @@ class PGaPRunner:
                          "merge_seconds": merge_s,
                          "transfer_seconds": max(0.0, wall - slowest - merge_s),
                          "copies": {str(p): results[p]["history"] for p in sorted(results)},
-                         "worker_pids": {str(p): results[p]["pid"] for p in sorted(results)}}
+                         "worker_pids": {str(p): results[p]["pid"] for p in sorted(results)},
+                         "worker_threads": {str(p): results[p]["threads"]
+                                            for p in sorted(results)}}
                 self.history.append(entry)
                 state.update(rounds_done=r + 1, history=self.history,
                              steps_per_step=results[0]["steps_per_step"])
