@@ -28,6 +28,8 @@ BENCHMARKS = [
      "python benchmarks/structured.py"),
     ("prunability", "Prunability of keras.applications models (channel groups, materialize)",
      "python benchmarks/prunability.py"),
+    ("pgap_parallel", "P-GaP in one process vs on Ray workers (time per round, accuracy)",
+     "python benchmarks/pgap_parallel.py"),
 ]
 
 
