@@ -115,8 +115,8 @@ class GaPCallback(UpdatePruningStep):
         if self._summaries is not None:
             self._summaries.set_model(self.model)
             self._summaries.on_train_begin()
-        if self.schedule.method == "pgap" and self.step > self.schedule.begin_step:
-            _, j = self.schedule.phase(self.step)
+        if self.schedule.method == "pgap" and self.step + 1 > self.schedule.begin_step:
+            _, j = self.schedule.phase(self.step + 1)
             if j % self.schedule.num_partitions and j < self.schedule.num_gap_steps:
                 warnings.warn(
                     "P-GaP resumed in the middle of a round: the copies trained "
@@ -188,8 +188,8 @@ class GaPCallback(UpdatePruningStep):
 
     def on_train_batch_begin(self, batch, logs=None):
         try:
-            self._boundary(self.step)
-            self._apply_step_lr(self.step)
+            self._boundary(self.step + 1)  # the batch about to run (tf-mot numbering)
+            self._apply_step_lr(self.step + 1)
         finally:
             self._advance()
 
@@ -374,7 +374,7 @@ class GaPCallback(UpdatePruningStep):
 
     def grown_partition(self):
         """Partition grown during the last completed step (-1: fine-tuning)."""
-        g = self.schedule.grown_partition(max(self.step - 1, 0))
+        g = self.schedule.grown_partition(max(self.step, self.schedule.begin_step))
         return -1 if g is None else g
 
     def _announce(self, j):
@@ -384,7 +384,7 @@ class GaPCallback(UpdatePruningStep):
                 else "all partitions at target, fine-tuning")
         parts = " ".join(f"p{p}={v:.3f}" for p, v in self._partition_cache.items())
         print(f"\n[GaP {s.method}] step {j}/{s.num_gap_steps} at training step "
-              f"{self.step}: {what}; sparsity {self.sparsity:.4f} ({parts})", flush=True)
+              f"{self.step + 1}: {what}; sparsity {self.sparsity:.4f} ({parts})", flush=True)
 
     def _add_logs(self, logs, per_partition=False):
         if logs is None:
