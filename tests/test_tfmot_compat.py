@@ -128,7 +128,7 @@ def test_legacy_checkpoint_schedule_is_shifted_exactly():
 
 # Layers --------------------------------------------------------------------------------
 @pytest.mark.core
-def test_multi_head_attention_called_with_keywords():
+def test_multi_head_attention_called_with_keywords(tmp_path):
     inp = keras.Input((5, 8))
     mha = keras.layers.MultiHeadAttention(2, 4)
     x = mha(query=inp, value=inp, key=inp, attention_mask=None)
@@ -139,6 +139,10 @@ def test_multi_head_attention_called_with_keywords():
     pruned = kg.prune_low_magnitude(model)
     assert len(collect_wrappers(pruned)) == 3
     np.testing.assert_allclose(np_(pruned(data)), want, rtol=1e-5, atol=1e-6)
+    pruned.save(str(tmp_path / "mha.keras"))
+    loaded = keras.models.load_model(str(tmp_path / "mha.keras"))
+    np.testing.assert_allclose(np_(loaded(data)), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np_(kg.strip_pruning(pruned)(data)), want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.core
