@@ -4,8 +4,11 @@ One table maps built-in Keras layers to the attributes that hold their
 prunable weights (tf-mot's list). A custom layer opts in by implementing
 ``get_prunable_weights()`` (tf-mot's ``PrunableLayer`` contract). Layers whose
 weights must stay dense (normalizations, PReLU, depthwise convs unless asked)
-pass through. Anything else that owns weights is unsupported: a clear error,
-or left dense on request.
+pass through. Built-in layers without weights (Dropout, Flatten, pooling, ...)
+are accepted even before they are built: wrapped, they are no-op wrappers (as
+in tf-mot). RNN layers are pruned through their cells (``RNN(cell)``,
+``RNN([cells])``). Anything else that owns weights is unsupported: a clear
+error, or left dense on request.
 """
 
 import abc
