@@ -179,8 +179,13 @@ def prune_low_magnitude(to_prune, pruning_schedule=None, block_size=(1, 1),
         return PruneLowMagnitude(layer, **dict(params, block_size=_target_block(layer, target)))
 
     if isinstance(to_prune, (list, tuple)):
-        _check_not_pruned(to_prune)
-        result = [wrap(layer) for layer in to_prune]
+        # As in tf-mot, wrapped layers and InputLayers of the list are kept as
+        # they are; a list with nothing left to wrap is an error.
+        keep = (PruneLowMagnitude, keras.layers.InputLayer)
+        if all(isinstance(layer, keep) for layer in to_prune):
+            _check_not_pruned(to_prune)
+        _check_not_pruned([layer for layer in to_prune if not isinstance(layer, keep)])
+        result = [layer if isinstance(layer, keep) else wrap(layer) for layer in to_prune]
     elif isinstance(to_prune, keras.Model):
         # Layers already wrapped are kept as they are (tf-mot); prune_model
         # raises when nothing is left to wrap.

@@ -362,3 +362,12 @@ def test_prune_for_latency_on_xnnpack():
 def test_pruning_summaries_accepts_tensorboard_arguments_with_a_warning():
     with pytest.warns(UserWarning, match=r"ignores the TensorBoard arguments \['profile_batch'\]"):
         kg.PruningSummaries(log_dir="unused", profile_batch=0)
+
+
+@pytest.mark.core
+def test_list_with_a_wrapped_layer_keeps_it():
+    mine = kg.prune_low_magnitude(keras.layers.Dense(4))
+    out = kg.prune_low_magnitude([mine, keras.layers.Dense(2)])
+    assert out[0] is mine and isinstance(out[1], kg.PruneLowMagnitude)
+    with pytest.raises(ValueError, match="already"):
+        kg.prune_low_magnitude([mine])
