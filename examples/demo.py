@@ -292,8 +292,9 @@ def plot(models, path, title):
 def main(argv):
     del argv
     t_start = time.time()
+    load_at_start = os.getloadavg()
+    import keras_gap as kg  # first: it reads KERAS_GAP_QUIET before TensorFlow is imported
     import keras
-    import keras_gap as kg
     from keras_gap import console
     console.quiet_third_party(FLAGS.verbose)
 
@@ -348,15 +349,17 @@ def main(argv):
                           "learning_rate": FLAGS.learning_rate, "seed": FLAGS.seed,
                           "backend": keras.backend.backend()},
                "models": models, "wall_seconds": wall}
-    title = (f"Fashion-MNIST, {epochs} epochs per model, {pct} sparse "
-             f"(all but {', '.join(FLAGS.keep_dense) or 'no layer'})")
+    title = (f"Fashion-MNIST, {epochs} epochs per model; kept dense: "
+             f"{', '.join(FLAGS.keep_dense) or 'none'}")
     md = "\n".join([
         "# keras-gap demo: dense vs GMP vs C-GaP on Fashion-MNIST", "",
         f"Command: `python examples/demo.py {' '.join(sys.argv[1:])}`".rstrip(), "",
         f"Every model: {epochs} epochs, batch {FLAGS.batch_size}, Adam (peak "
         f"{FLAGS.learning_rate:g}), {n_train} training images, {n_test} test images, "
         f"backend {keras.backend.backend()}. Layers kept dense by every method: "
-        f"{', '.join(FLAGS.keep_dense) or 'none'}.", ""]
+        f"{', '.join(FLAGS.keep_dense) or 'none'}. Machine: {os.cpu_count()} cores, load "
+        f"average {load_at_start[0]:.1f} at the start (other jobs share the machine when it "
+        "exceeds the core count).", ""]
         + [f"- {m['label']}: {m['description']}; "
            + (f"{m['params']:,} parameters left ({m['params'] / models[0]['params']:.0%} "
               "of dense)" if m["name"] == "cgap_channels" else
