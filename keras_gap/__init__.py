@@ -38,8 +38,8 @@ __all__ = [
     "ConstantSparsity", "FlopsReport", "GaPCallback", "GaPPruningSchedule", "PolynomialDecay",
     "PrunableLayer", "PruneForLatencyOnXNNPack", "PruneLowMagnitude", "PruningPolicy",
     "PruningSchedule", "PruningSummaries", "SparsityReport",
-    "TrainingCost", "UpdatePruningStep", "channel_groups", "criteria", "datasets", "distributions", "export",
-    "flops_report", "gap_partitions", "growing",
-    "gap_total_epochs", "gradients", "masks", "materialize", "prune_gap", "prune_low_magnitude", "prune_scope", "registry",
-    "sparsity_report", "strip_pruning", "structured",
+    "TrainingCost", "UpdatePruningStep", "channel_groups", "criteria", "datasets",
+    "distributions", "export", "flops_report", "gap_partitions", "gap_total_epochs", "gradients",
+    "growing", "masks", "materialize", "prune_gap", "prune_low_magnitude", "prune_scope",
+    "registry", "sparsity_report", "strip_pruning", "structured",
 ]

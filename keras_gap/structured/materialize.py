@@ -164,7 +164,7 @@ def _op_const(layer, ins, arguments):
     return np.where(unknown, np.nan, out)
 
 
-def _follow_const(layer, ins, graph, out_len, arguments=None):
+def _follow_const(layer, ins, out_len, arguments=None):
     """Per-channel constant of a follower's output (NaN: not constant)."""
     x = ins[0]
     if not isinstance(layer, keras.layers.Layer):
@@ -267,8 +267,8 @@ def materialize(model, return_report=False):
             "to silence this warning.", stacklevel=2)
         model = strip_pruning(model)
     graph = graph_lib.analyze(model)
-    removed, kept, reasons = _plan(graph)
-    new_model = _rebuild(model, graph, removed)
+    removed, kept, consts = _plan(graph)
+    new_model = _rebuild(model, graph, removed, consts)
     report = MaterializeReport(
         removed={graph.groups[g].name: n for g, n in sorted(_per_group(graph, removed).items())},
         kept=[(graph.groups[g].name, n, reason) for g, (n, reason) in sorted(kept.items())],
@@ -323,7 +323,6 @@ def _plan(graph):
                 g = int(graph.class_group[c])
                 n, first = kept.get(g, (0, reason))
                 kept[g] = (n + 1, first)
-    graph._materialize_consts = consts
     return candidates, kept, consts
 
 
@@ -355,7 +354,7 @@ def _constants(graph, candidates):
             continue
         with np.errstate(invalid="ignore", over="ignore"):
             consts[out_keys[0]] = np.asarray(
-                _follow_const(layer, ins, graph, len(out_ids[0]), graph.step_arguments[step]),
+                _follow_const(layer, ins, len(out_ids[0]), graph.step_arguments[step]),
                 dtype=np.float64)
     return consts
 
@@ -367,8 +366,7 @@ def _keep(classes, removed):
     return ~np.isin(classes, list(removed))
 
 
-def _rebuild(model, graph, removed):
-    consts = graph._materialize_consts
+def _rebuild(model, graph, removed, consts):
     out_keep, in_keep, fold, reshape_last = {}, {}, {}, {}
     for layer, in_keys, out_keys in graph.steps:
         lid = id(layer)
