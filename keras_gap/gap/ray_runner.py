@@ -58,6 +58,16 @@ def thread_env(threads):
 
     Set in the actor's runtime environment, so they hold before the worker
     imports any framework (XLA reads its flags once, at JAX's import).
+
+    Args:
+        threads: CPUs of the worker (a float is rounded down, at least 1).
+
+    Returns:
+        dict of environment variables.
+
+    Example:
+        >>> thread_env(1)["TF_NUM_INTRAOP_THREADS"]
+        '1'
     """
     threads = str(max(1, int(threads)))
     env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
@@ -77,6 +87,10 @@ def limit_threads(threads, backend):
 
     Returns:
         The number of intra-op threads set.
+
+    Example:
+        >>> limit_threads(2, "tensorflow")
+        2
     """
     threads = max(1, int(threads))
     try:
@@ -101,6 +115,9 @@ def prepare_model(build, gap_kwargs):
 
     Returns:
         The compiled GaP model.
+
+    Example:
+        >>> pruned = prepare_model(build, {"target_sparsity": 0.9, "num_partitions": 2})
     """
     import keras
 
@@ -130,6 +147,16 @@ def fit_inputs(data):
     Accepted: ``(x, y)`` arrays; ``((x, y), (x_val, y_val))``;
     ``(train_ds, val_ds)`` (``val_ds`` may be None); a dataset; or a dict of
     `fit` arguments (``x``, ``y``, ``validation_data``, ...).
+
+    Args:
+        data: what ``data()`` returned.
+
+    Returns:
+        dict of `fit` keyword arguments.
+
+    Example:
+        >>> fit_inputs((x, y))
+        {'x': x, 'y': y}
     """
     def is_array(a):
         return hasattr(a, "shape") and hasattr(a, "__len__")
@@ -221,6 +248,12 @@ class Worker:
         threads: math threads for this worker.
         queue: optional Ray queue for progress lines.
         seed: base seed; copy j trains with seed ``seed + j``.
+
+    Returns:
+        A worker; `train_copy` trains one copy.
+
+    Example:
+        >>> actor = ray.remote(Worker).remote(build, data, {...}, {}, 1)
     """
 
     def __init__(self, build, data, gap_kwargs, fit_kwargs, threads, queue=None, seed=0):
@@ -289,7 +322,18 @@ def _floats(logs):
 
 def check_reachable(address, timeout=5.0):
     """Raises ConnectionError when ``address`` ("host:port" or "ray://host:port")
-    does not accept TCP connections; "auto" and "local" are left to Ray."""
+    does not accept TCP connections; "auto" and "local" are left to Ray.
+
+    Args:
+        address: the Ray address given to `PGaPRunner`.
+        timeout: seconds to wait for the TCP connection.
+
+    Returns:
+        None.
+
+    Example:
+        >>> check_reachable("ray://head:10001")
+    """
     if address in ("auto", "local"):
         return
     target = address.split("://", 1)[-1]
@@ -479,6 +523,10 @@ class PGaPRunner:
 
         Returns:
             The driver's GaP model (strip it with `keras_gap.strip_pruning`).
+
+        Example:
+            >>> pruned = run.fit()
+            >>> run.history[-1]["sparsity"]
         """
         ray = _import_ray()
         model, helper = self._driver_model()
