@@ -256,6 +256,10 @@ def channel_weights(layer):
         out.append((layer.pointwise_kernel, -1))
     elif isinstance(layer, _DEPTHWISE_LAYERS):
         out.append((layer.kernel, (-2, -1)))
+    elif isinstance(layer, L.EinsumDense):
+        if not trivial_einsum(layer):
+            return []
+        out.append((layer.kernel, -1))
     elif isinstance(layer, (L.Dense, L.Conv1D, L.Conv2D, L.Conv3D)):
         if int(getattr(layer, "groups", 1) or 1) != 1:
             return []
@@ -267,3 +271,18 @@ def channel_weights(layer):
     if getattr(layer, "bias", None) is not None:
         out.append((layer.bias, -1))
     return out
+
+
+def trivial_einsum(layer):
+    """True for an EinsumDense that is a Dense on the last axis ("...b,bc->...c")."""
+    if not isinstance(layer, L.EinsumDense):
+        return False
+    try:
+        inputs, out = layer.equation.replace(" ", "").split("->")
+        x, k = inputs.split(",")
+    except ValueError:
+        return False
+    if len(k) != 2 or not x or not out or x[-1] != k[0] or out[-1] != k[1]:
+        return False
+    bias = getattr(layer, "bias_axes", None)
+    return x[:-1] == out[:-1] and k[1] not in x and bias in (None, "", k[1])

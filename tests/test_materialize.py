@@ -61,6 +61,10 @@ CASES = {
         (8, 8, 3), L.Conv2D(8, 1), L.DepthwiseConv2D(3, depth_multiplier=2),
         L.BatchNormalization(), L.ReLU(), L.SeparableConv2D(6, 3), L.LeakyReLU(),
         L.SeparableConv2D(4, 1), L.GlobalAveragePooling2D(), L.Dense(2))),
+    "einsum_dense": ((5, 6), lambda: _seq(
+        (5, 6), L.EinsumDense("abc,cd->abd", output_shape=(5, 8), bias_axes="d"),
+        L.Activation("tanh"), L.EinsumDense("abc,cd->abd", output_shape=(5, 6)),
+        L.Flatten(), L.Dense(2))),
     "conv_transpose": ((6, 6, 3), lambda: _seq(
         (6, 6, 3), L.Conv2D(6, 1), L.Conv2DTranspose(6, 3, strides=2), L.ReLU(),
         L.Conv2D(4, 1), L.Flatten(), L.Dense(2))),

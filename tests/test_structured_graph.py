@@ -135,3 +135,13 @@ def test_keras_op_that_broadcasts_over_channels_blocks():
     x = x * keras.ops.mean(x, axis=-1, keepdims=True)  # mixes channels
     groups = _groups(keras.Model(i, L.Dense(2, name="o")(L.Flatten()(x))))
     assert not groups["c"].removable
+
+
+def test_only_trivial_einsum_dense_is_a_producer():
+    i = keras.Input((5, 6))
+    x = L.EinsumDense("abc,cd->abd", output_shape=(5, 8), name="trivial")(i)
+    x = L.EinsumDense("abc,cde->abde", output_shape=(5, 2, 4), name="heads")(x)
+    groups = _groups(keras.Model(i, L.Dense(2, name="o")(L.Flatten()(x))))
+    assert "trivial" in groups and "heads" not in groups
+    assert not groups["trivial"].removable
+    assert any("EinsumDense" in r for _, r in groups["trivial"].blocked_by)

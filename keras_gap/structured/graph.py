@@ -33,6 +33,7 @@ import math
 import keras
 import numpy as np
 
+from keras_gap.registry import trivial_einsum
 from keras_gap.wrapper import PruneLowMagnitude
 
 L = keras.layers
@@ -79,6 +80,8 @@ def is_producer(layer):
     layer = unwrap(layer)
     if isinstance(layer, _DEPTHWISE):
         return False
+    if isinstance(layer, L.EinsumDense):
+        return trivial_einsum(layer)
     if isinstance(layer, _CONV + _CONV_T + _SEPARABLE):
         return (getattr(layer, "data_format", "channels_last") == "channels_last"
                 and int(getattr(layer, "groups", 1) or 1) == 1)

@@ -398,9 +398,17 @@ def _rebuild(model, graph, removed, consts):
         keep = out_keep.get(lid)
         kind = _kind(layer)
         if kind is not None and keep is not None:
-            config["units" if kind == "dense" else "filters"] = int(keep.sum())
-            if lid in fold and not layer.use_bias:
-                config["use_bias"] = True
+            if isinstance(layer, L.EinsumDense):
+                shape = config["output_shape"]
+                config["output_shape"] = (int(keep.sum()) if isinstance(shape, int) else
+                                          tuple(shape[:-1]) + (int(keep.sum()),))
+            else:
+                config["units" if kind == "dense" else "filters"] = int(keep.sum())
+            if lid in fold and _bias(layer) is None:
+                if isinstance(layer, L.EinsumDense):
+                    config["bias_axes"] = layer.equation.split("->")[1][-1]
+                else:
+                    config["use_bias"] = True
                 config["bias_initializer"] = "zeros"
         if lid in reshape_last:
             config["target_shape"] = tuple(config["target_shape"][:-1]) + (reshape_last[lid],)
