@@ -246,7 +246,6 @@ class Worker:
         gap_kwargs: `prune_gap` arguments.
         fit_kwargs: extra `fit` arguments (batch_size, shuffle, ...).
         threads: math threads for this worker.
-        queue: optional Ray queue for progress lines.
         seed: base seed; copy j trains with seed ``seed + j``.
 
     Returns:
@@ -256,7 +255,7 @@ class Worker:
         >>> actor = ray.remote(Worker).remote(build, data, {...}, {}, 1)
     """
 
-    def __init__(self, build, data, gap_kwargs, fit_kwargs, threads, queue=None, seed=0):
+    def __init__(self, build, data, gap_kwargs, fit_kwargs, threads, seed=0):
         import keras
         backend = keras.backend.backend()
         self.threads = limit_threads(threads, backend)
@@ -265,15 +264,21 @@ class Worker:
         self.wrappers = gap_wrappers(self.model)
         self.inputs = fit_inputs(data())
         self.fit_kwargs = dict(fit_kwargs)
-        self.queue, self.seed = queue, seed
+        self.seed = seed
         self.backend = backend
 
     def info(self):
         """(pid, backend, threads) of this worker."""
         return {"pid": os.getpid(), "backend": self.backend, "threads": self.threads}
 
-    def train_copy(self, values, round_index, partition, epochs, reset_optimizer):
-        """Trains the round's model with ``partition`` grown; returns its values."""
+    def train_copy(self, values, round_index, partition, epochs, reset_optimizer,
+                   queue=None):
+        """Trains the round's model with ``partition`` grown; returns its values.
+
+        ``queue``: optional Ray queue for per-epoch progress (passed per call:
+        an actor handle among the constructor's arguments would make Ray warn
+        that restarts depend on the object store).
+        """
         import keras
 
         from keras_gap.gap import pgap
@@ -286,8 +291,8 @@ class Worker:
         pid = os.getpid()
 
         def report(epoch, logs):
-            if self.queue is not None:
-                self.queue.put({"round": round_index, "partition": partition, "pid": pid,
+            if queue is not None:
+                queue.put({"round": round_index, "partition": partition, "pid": pid,
                                 "epoch": epoch + 1, "epochs": epochs,
                                 "logs": _floats(logs), "seconds": time.time() - t0})
 
@@ -625,7 +630,7 @@ class PGaPRunner:
             num_cpus=per_cpu, num_gpus=self.gpus_per_worker, max_restarts=self.max_restarts,
             max_task_retries=self.max_restarts, runtime_env=runtime_env)
         workers = [actor.remote(self.build, self.data, dict(self.gap_kwargs),
-                                self.fit_kwargs, per_cpu, queue, self.seed)
+                                self.fit_kwargs, per_cpu, self.seed)
                    for _ in range(self.num_workers)]
         return workers, queue
 
@@ -647,7 +652,7 @@ class PGaPRunner:
                 pool = ActorPool(workers)
                 for p in range(k):
                     pool.submit(lambda a, p: a.train_copy.remote(
-                        base_ref, r, p, self.epochs_per_step, self.reset_optimizer), p)
+                        base_ref, r, p, self.epochs_per_step, self.reset_optimizer, queue), p)
                 results = {}
                 while pool.has_next():
                     self._drain(queue)
