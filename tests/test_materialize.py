@@ -198,3 +198,14 @@ def test_keras_ops_on_symbolic_tensors_are_seen_through():
     groups = {g.name: g for g in kg.channel_groups(model)}
     assert groups["conv2d"].removable, groups["conv2d"].blocked_by
     _check(model, (8, 8, 3))  # f(bias) is folded through the ops
+
+
+def test_shared_consumer_keeps_channels_whose_constant_it_cannot_fold():
+    i = keras.Input((6,))
+    a = L.Dense(8, name="a")(i)
+    b = L.Dense(8, name="b")(i)
+    shared = L.Dense(3, name="shared")
+    model = keras.Model(i, L.Concatenate()([shared(a), shared(b)]))
+    _check(model, (6,), expect_removed=0)  # a, b couple through shared's input: kept
+    small, report = kg.materialize(model, return_report=True)
+    assert "called more than once" in report.kept[0][2]

@@ -299,6 +299,9 @@ def _plan(graph):
     candidates = {c for c, z in zero.items()
                   if z and graph.groups[int(graph.class_group[c])].removable}
     consts = _constants(graph, candidates)
+    calls = {}
+    for layer, _, _ in graph.steps:
+        calls[id(layer)] = calls.get(id(layer), 0) + 1
     kept = {}
     for layer, in_keys, _ in graph.steps:
         if not graph_lib.is_producer(layer):
@@ -314,6 +317,9 @@ def _plan(graph):
             if math.isnan(value):
                 reason = (f"its value is not constant at {layer.name!r} (zero padding or a "
                           "'same'-padded DepthwiseConv in between)")
+            elif value != 0 and calls[id(layer)] > 1:
+                reason = (f"it carries the constant {value:.4g} into {layer.name!r}, a layer "
+                          "called more than once (one bias cannot fold every call)")
             elif value != 0 and not _foldable(layer):
                 reason = (f"it carries the constant {value:.4g} into {layer.name!r} "
                           f"({type(layer).__name__}, padding {getattr(layer, 'padding', '?')!r}), "
