@@ -256,8 +256,8 @@ class Worker:
     """
 
     def __init__(self, build, data, gap_kwargs, fit_kwargs, threads, seed=0):
-        import keras
-        backend = keras.backend.backend()
+        # Before any framework op (the driver sets KERAS_BACKEND for its actors).
+        backend = os.environ.get("KERAS_BACKEND", "tensorflow")
         self.threads = limit_threads(threads, backend)
         from keras_gap.gap.api import gap_wrappers
         self.model = prepare_model(build, gap_kwargs)
@@ -266,10 +266,6 @@ class Worker:
         self.fit_kwargs = dict(fit_kwargs)
         self.seed = seed
         self.backend = backend
-
-    def info(self):
-        """(pid, backend, threads) of this worker."""
-        return {"pid": os.getpid(), "backend": self.backend, "threads": self.threads}
 
     def train_copy(self, values, round_index, partition, epochs, reset_optimizer,
                    queue=None):
