@@ -139,3 +139,25 @@ def test_update_pruning_step_without_wrappers_warns_and_does_nothing():
         model.fit(np.ones((8, 4)), np.ones((8, 2)), epochs=1, verbose=0,
                   callbacks=[kg.UpdatePruningStep()])
     model.fit(np.ones((8, 4)), np.ones((8, 2)), epochs=1, verbose=0)  # no guard left behind
+
+
+@pytest.mark.core
+def test_gap_callback_driven_by_hand():
+    x, y = _data()
+    model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dense(16, activation="relu"), keras.layers.Dense(2)])
+    pruned = kg.prune_gap(model, target_sparsity=0.75, num_partitions=2, steps_per_step=2,
+                          finetune_steps=2)
+    pruned.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    cb = kg.GaPCallback(verbose=0)
+    cb.set_model(pruned)
+    cb.on_train_begin()
+    for _ in range(2):  # 2 GaP steps of 2 batches, then 2 fine-tuning batches: 6 steps
+        for i in range(3):
+            cb.on_train_batch_begin(batch=i)
+            pruned.train_on_batch(x[i * BATCH:(i + 1) * BATCH], y[i * BATCH:(i + 1) * BATCH])
+        cb.on_epoch_end(batch=-1)
+    cb.on_train_end()
+    for w in collect_wrappers(pruned):
+        for n, kept in w.mask_counts():
+            assert kept == mask_lib.num_to_keep(n, 0.75), w.name

@@ -406,7 +406,8 @@ class GaPCallback(UpdatePruningStep):
         super().on_train_batch_end(batch, logs)
         self._add_logs(logs)
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch=None, logs=None, batch=None):
+        # batch=: tf-mot's custom-loop call, on_epoch_end(batch=-1).
         super().on_epoch_end(epoch, logs)
         self._add_logs(logs, per_partition=True)
         self._write_summaries()
