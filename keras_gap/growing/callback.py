@@ -224,6 +224,8 @@ class GrowingCallback(keras.callbacks.Callback):
         if e % self._per_round() == 0 and e < self._per_round() * self.rounds:
             self._end_round(values["beta"])
         self._set_state(state)
+        values = {k: (int(v) if k in ("channels", "blocks") else float(v))
+                  for k, v in values.items()}
         if logs is not None:
             logs.update(values)
         if self._writer is not None:
