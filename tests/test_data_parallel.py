@@ -22,29 +22,40 @@ HERE = os.path.dirname(__file__)
 SCRIPT = os.path.join(HERE, "subprocess_scripts", "data_parallel.py")
 CASES = ["unstructured", "block", "n_by_m", "global", "fggp", "channel",
          "gap_cgap", "gap_pgap", "gap_channel", "growing"]
+# The default suite runs these (one subprocess, ~30 s); --slow runs every case on both backends.
+SMOKE = ["unstructured", "fggp", "gap_pgap"]
 _RESULTS = {}
 
 
-def _results(backend):
-    if backend not in _RESULTS:
+def _results(backend, cases):
+    key = (backend, tuple(cases))
+    if key not in _RESULTS:
         if importlib.util.find_spec(backend) is None:
             pytest.skip(f"{backend} is not installed")
         env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
-        out = subprocess.run([sys.executable, SCRIPT, *CASES], capture_output=True,
+        out = subprocess.run([sys.executable, SCRIPT, *cases], capture_output=True,
                              text=True, env=env, timeout=900)
         rows = [json.loads(line[len("RESULT "):]) for line in out.stdout.splitlines()
                 if line.startswith("RESULT ")]
         if out.returncode != 0 or not rows:
             pytest.fail(f"data_parallel.py failed on {backend}:\n{out.stderr[-4000:]}")
-        _RESULTS[backend] = {r["case"]: r for r in rows}
-    return _RESULTS[backend]
+        _RESULTS[key] = {r["case"]: r for r in rows}
+    return _RESULTS[key]
+
+
+@pytest.mark.parametrize("case", SMOKE)
+def test_pruning_under_mirrored_strategy(case):
+    _check(_results("tensorflow", SMOKE).get(case), case)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
 @pytest.mark.parametrize("case", CASES)
 def test_pruning_under_data_parallel(backend, case):
-    result = _results(backend).get(case)
+    _check(_results(backend, CASES).get(case), case)
+
+
+def _check(result, case):
     assert result is not None, f"no result for {case}"
     assert result["ok"], result.get("traceback") or result["error"]
     assert result["replicas"] == 2, "the variables were not replicated on 2 devices"

@@ -149,7 +149,6 @@ def ray_cluster():
     ray.shutdown()
 
 
-@pytest.mark.slow
 def test_matches_in_process_pgap_with_a_worker_killed_mid_round(
         ray_cluster, reference, tmp_path, capsys):
     import functools
@@ -179,7 +178,6 @@ def test_matches_in_process_pgap_with_a_worker_killed_mid_round(
     assert "resuming" in capsys.readouterr().out
 
 
-@pytest.mark.slow
 def test_driver_killed_between_rounds_resumes_from_checkpoint(
         ray_cluster, reference, tmp_path, capsys):
     ckpt = tmp_path / "ckpt"
@@ -206,7 +204,6 @@ def test_driver_killed_between_rounds_resumes_from_checkpoint(
         _runner(tmp_path, target_sparsity=0.5).fit()
 
 
-@pytest.mark.slow
 def test_data_failing_on_a_worker_stops_cleanly(ray_cluster, tmp_path):
     import functools
     data = functools.partial(ray_testlib.data_failing_on_workers, os.getpid())
@@ -220,7 +217,6 @@ def test_data_failing_on_a_worker_stops_cleanly(ray_cluster, tmp_path):
     assert ray_cluster.is_initialized()
 
 
-@pytest.mark.slow
 def test_more_workers_than_the_cluster_can_place(ray_cluster):
     with pytest.raises(ValueError, match="the Ray cluster has 2 CPUs and 0 GPUs"):
         _runner(num_partitions=3, num_workers=3).fit()
