@@ -195,6 +195,11 @@ class UpdatePruningStep(keras.callbacks.Callback):
             self._recorder, self._attached_recorder = gradients_lib.attach_recorder(
                 model, variables, num_batches=batches)
 
+    def _gradients_of(self, wrapper):
+        if not getattr(wrapper.criterion, "needs_gradients", False):
+            return None
+        return [self._gradient_of(v) for v in wrapper.pruned_weights]
+
     def _gradient_of(self, variable):
         return None if self._recorder is None else self._recorder.gradient(variable)
 
@@ -247,9 +252,12 @@ class UpdatePruningStep(keras.callbacks.Callback):
             due = [(w, s) for w, s in due if id(w) not in due_ids] + [
                 (w, 0.0) for g in sparsity_of for w in plan.members[g]]
         for wrapper, sparsity in due:
-            if getattr(wrapper, "structure", None) == "channel":
+            if plan is not None and getattr(wrapper, "structure", None) == "channel":
                 continue
             key = pruning_groups.group_key(wrapper)
+            if getattr(wrapper, "structure", None) == "channel":  # no graph: layer by layer
+                wrapper.update_masks(sparsity, gradients=self._gradients_of(wrapper))
+                continue
             if pruning_groups.is_grouped(wrapper) and key in groups:
                 if key not in done_groups:
                     done_groups.add(key)

@@ -256,4 +256,13 @@ def channel_plan(model, wrappers):
     if not any(getattr(w, "structure", None) == "channel" for w in wrappers):
         return None
     from keras_gap.structured import graph as graph_lib  # sees through the wrappers
-    return ChannelPlan(graph_lib.analyze(model), wrappers)
+    try:
+        graph = graph_lib.analyze(model)
+    except ValueError as e:  # e.g. a subclassed model: no graph to read
+        import warnings
+        warnings.warn(f"structure='channel': {e} Each wrapped layer's channels are pruned on "
+                      "their own; coupled channels (residual adds, BatchNormalization after "
+                      "a conv) are not kept in step, so keras_gap.materialize may not "
+                      "remove them.", stacklevel=3)
+        return None
+    return ChannelPlan(graph, wrappers)

@@ -224,3 +224,25 @@ def test_integration_train_strip_materialize(how):
     assert report.removed == {"c1": 4, "c3": 6}
     assert small.count_params() < 0.6 * stripped.count_params()
     assert report.kept == []
+
+
+class SubclassedNet(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.conv = kg.PruneLowMagnitude(
+            L.Conv2D(8, 3), pruning_schedule=kg.ConstantSparsity(0.5, 1, frequency=1),
+            structure="channel")
+        self.pool = L.GlobalAveragePooling2D()
+        self.out = L.Dense(4)
+
+    def call(self, x):
+        return self.out(self.pool(self.conv(x)))
+
+
+def test_subclassed_model_prunes_each_layer_on_its_own_with_a_warning():
+    model = SubclassedNet()
+    model(np.zeros((1, 8, 8, 2), "float32"))
+    with pytest.warns(UserWarning, match="on their own"):
+        _fit(model, kg.UpdatePruningStep(), epochs=1)
+    assert int(model.conv.channel_keep().sum()) == 4
+    _channel_state(model)
