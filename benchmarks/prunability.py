@@ -43,8 +43,8 @@ MODELS = [
     "ResNet50", "ResNet50V2", "ResNet101", "MobileNet", "MobileNetV2", "MobileNetV3Small",
     "MobileNetV3Large", "EfficientNetB0", "EfficientNetV2B0", "DenseNet121", "ConvNeXtTiny",
     "NASNetMobile", "Xception", "VGG16", "VGG19", "InceptionV3", "InceptionResNetV2",
-    "RegNetX002", "RegNetY002",
-]
+    "ResNet101V2", "DenseNet169",
+]  # Keras 3.15 has no RegNet in keras.applications.
 # Models that need a bigger input than --input_size (minimum sizes of keras.applications).
 MIN_SIZE = {"InceptionV3": 75, "InceptionResNetV2": 75, "Xception": 71}
 
@@ -53,6 +53,8 @@ flags.DEFINE_list("models", MODELS, "keras.applications model names")
 flags.DEFINE_integer("input_size", 96, "input height and width")
 flags.DEFINE_float("fraction", 0.3, "fraction of the channels of every removable group to remove")
 flags.DEFINE_float("tolerance", 1e-5, "relative max abs difference counted as equal outputs")
+flags.DEFINE_bool("merge", False, "replace the rows of --models in an existing "
+                  "prunability.json (other rows of MODELS are kept, with their dates)")
 flags.DEFINE_string("output_dir", os.path.join(os.path.dirname(__file__), "results"),
                     "where prunability.{json,md} go")
 
@@ -90,7 +92,8 @@ def check(name, size, fraction, tolerance):
 
     import keras_gap as kg
 
-    row = {"model": name, "input_size": size}
+    row = {"model": name, "input_size": size,
+           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     t0 = time.perf_counter()
     keras.utils.set_random_seed(0)
     try:
@@ -134,12 +137,29 @@ def check(name, size, fraction, tolerance):
     return row
 
 
+def merged(path, result):
+    """``result`` with the rows of an earlier run for the other models of MODELS."""
+    with open(path) as f:
+        old = json.load(f)
+    for key in ("input_size", "fraction", "tolerance", "backend"):
+        if old.get(key) != result.get(key):
+            raise ValueError(f"--merge: {path} was run with {key}={old.get(key)!r}, this run "
+                             f"with {result.get(key)!r}; rerun every model instead")
+    rows = {r["model"]: r for r in old["rows"]}
+    rows.update({r["model"]: r for r in result["rows"]})
+    order = MODELS + [m for m in rows if m not in MODELS]
+    result["rows"] = [rows[m] for m in order if m in rows and m in MODELS + FLAGS.models]
+    return result
+
+
 def markdown(result):
     rows = result["rows"]
     ok = [r for r in rows if r["status"] == "equal"]
+    dates = sorted(r["date"][:16] for r in rows if "date" in r) or [result["date"]]
+    when = dates[0] if dates[0] == dates[-1] else f"rows measured {dates[0]} to {dates[-1]}"
     lines = [
         "# Prunability of keras.applications models", "",
-        f"{result['date']}, {result['machine']['cpu']} ({result['machine']['logical_cores']} "
+        f"{when}, {result['machine']['cpu']} ({result['machine']['logical_cores']} "
         f"logical cores), Keras {result['keras']}, backend {result['backend']}. "
         f"Every model built with `weights=None`, input {result['input_size']}x"
         f"{result['input_size']}x3 (larger where the model needs it), 10 logits; "
@@ -196,7 +216,10 @@ def main(argv):
                  else row.get("error", "")), flush=True)
         keras.backend.clear_session()
     os.makedirs(FLAGS.output_dir, exist_ok=True)
-    with open(os.path.join(FLAGS.output_dir, "prunability.json"), "w") as f:
+    path = os.path.join(FLAGS.output_dir, "prunability.json")
+    if FLAGS.merge and os.path.exists(path):
+        result = merged(path, result)
+    with open(path, "w") as f:
         json.dump(result, f, indent=2)
     with open(os.path.join(FLAGS.output_dir, "prunability.md"), "w") as f:
         f.write(markdown(result))
