@@ -376,8 +376,9 @@ def _pickle_by_value(ray, fn):
         fn = fn.func
     module = sys.modules.get(getattr(fn, "__module__", None) or "")
     path = getattr(module, "__file__", None) or ""
-    if module is None or module.__name__ == "__main__" or module.__name__.startswith(
-            ("keras_gap", "keras")) or "site-packages" in path or "dist-packages" in path:
+    name = getattr(module, "__name__", "")
+    if module is None or name == "__main__" or name.split(".")[0] in ("keras", "keras_gap") \
+            or "site-packages" in path or "dist-packages" in path:
         return
     ray.cloudpickle.register_pickle_by_value(module)
 
