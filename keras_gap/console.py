@@ -153,8 +153,10 @@ def quiet_third_party(verbose=False):
     """Hides TensorFlow/TFLite/TFDS logs and known third-party warnings in this process.
 
     For scripts and command-line tools (keras-gap's examples and the
-    ``keras-gap`` command call it unless ``--verbose`` is given); never called
-    by ``import keras_gap``. It sets ``TF_CPP_MIN_LOG_LEVEL=3`` (if unset),
+    ``keras-gap`` command call it unless ``--verbose`` is given). ``import
+    keras_gap`` calls it only when asked to (``KERAS_GAP_QUIET=1``, or in the
+    ``keras-gap`` command's own process); a library user's process keeps
+    every log. It sets ``TF_CPP_MIN_LOG_LEVEL=3`` (if unset),
     filters native stderr lines matching `NOISE_PATTERNS`, lowers the
     ``absl``, ``tensorflow`` and ``tensorflow_datasets`` Python loggers to
     ERROR, turns off tensorflow-datasets' progress bars and ignores a few
