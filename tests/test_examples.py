@@ -11,6 +11,7 @@ missing. GaP examples run one training step per GaP step.
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -36,15 +37,31 @@ def _has_export():
         return False
 
 
-def run_example(name, *args, timeout=900):
+def run_example(name, *args, timeout=900, plain_env=False):
+    """Runs an example; returns its stdout (plain_env: the CompletedProcess, run without
+    TF_CPP_MIN_LOG_LEVEL or KERAS_GAP_QUIET, as a user would)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
+    if plain_env:
+        env = {k: v for k, v in env.items()
+               if k not in ("TF_CPP_MIN_LOG_LEVEL", "KERAS_GAP_QUIET")}
     proc = subprocess.run([sys.executable, str(EXAMPLES / name), *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         pytest.fail(f"{name} {' '.join(args)} exited with {proc.returncode}:\n"
                     f"--- stdout (tail) ---\n{proc.stdout[-4000:]}\n"
                     f"--- stderr (tail) ---\n{proc.stderr[-4000:]}")
-    return proc.stdout
+    return proc if plain_env else proc.stdout
+
+
+# Third-party output: absl / TensorFlow C++ log lines, TFLite runtime lines, and Python
+# warnings raised inside installed packages (their path contains site-packages).
+_THIRD_PARTY = re.compile(r"^[IWEF]\d{4} |absl::InitializeLog|TensorFlow Lite|site-packages"
+                          r"|tensorflow_datasets|rebuild TensorFlow")
+
+
+def third_party_lines(text):
+    """The lines of ``text`` that come from other libraries, not from keras-gap."""
+    return [line for line in text.splitlines() if _THIRD_PARTY.search(line)]
 
 
 def test_quickstart_small_slice(tmp_path):
@@ -77,7 +94,11 @@ def test_quickstart_small_slice(tmp_path):
                     reason="keras_gap.export.to_tflite is not available yet")
 def test_demo_fast_mode(tmp_path):
     out = tmp_path / "demo"
-    stdout = run_example("demo.py", "--fast", f"--output_dir={out}")
+    # As a fresh clone runs it: no TF_CPP_MIN_LOG_LEVEL; the demo hides third-party logs.
+    proc = run_example("demo.py", "--fast", f"--output_dir={out}", plain_env=True)
+    stdout = proc.stdout
+    noise = third_party_lines(proc.stderr) + third_party_lines(proc.stdout)
+    assert noise == [], "third-party lines printed by the demo:\n" + "\n".join(noise[:20])
     assert str(out) in stdout
     kinds = ("dense", "gmp", "cgap", "cgap_tflite", "cgap_channels")
     for name in ("results.md", "results.json", "results.png") + tuple(
@@ -269,3 +290,14 @@ def test_structured_resnet_small_slice(tmp_path):
     model = keras.models.load_model(out / "cgap_materialized.keras")  # plain Keras
     assert model.count_params() == small["params"]
     assert "| channel C-GaP 50% |" in (out / "results.md").read_text()
+
+
+def test_third_party_line_counter():
+    text = "\n".join([
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+        "I0000 00:00:1795286067.553355    6754 port.cc:153] oneDNN custom operations are on.",
+        "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",
+        "/usr/lib/python3/site-packages/keras/src/x.py:74: UserWarning: something",
+        "Epoch 1/2", "[GaP cgap] step 1/4 at training step 3: round 1/1, partition 1 grown",
+        "output folder: /tmp/demo"])
+    assert len(third_party_lines(text)) == 4
