@@ -13,6 +13,9 @@ Variants (``--variants``), ``method[+global][+fresh]``:
       partition being pruned back (the other partitions' masks stay fixed, so
       with one layer per partition it equals uniform).
   +erk: non-uniform per-layer ratios fixed at the start (``distribution="erk"``).
+  +fresh+hot: the same restart with a hotter per-step peak (``--hot_factor`` x
+      the peak learning rate): the documented form of the boost "all" gets from
+      Adam's bias correction.
   +fresh: the paper's restart: ``reset_optimizer="fresh"`` (a new optimizer at
       every boundary) and ``step_lr=StepLR(2e-3, warmup=0.1)``, a cosine
       learning-rate schedule restarted at every GaP step and over fine-tuning.
@@ -58,6 +61,8 @@ flags.DEFINE_integer("partitions", 3, "GaP partitions.")
 flags.DEFINE_integer("rounds", 2, "GaP rounds.")
 flags.DEFINE_float("peak_lr", 2e-3, "Peak learning rate of every method.")
 flags.DEFINE_float("warmup", 0.1, "+fresh: warmup fraction of each GaP step.")
+flags.DEFINE_float("hot_factor", 3.0, "+fresh+hot: StepLR's peak is this many times "
+                   "--peak_lr (a warm restart hotter than the base schedule).")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_bool("report_only", False, "Only summarize the cached runs.")
 flags.DEFINE_string("output_dir", os.path.join(os.path.dirname(__file__), "results"),
@@ -84,20 +89,22 @@ def build_cnn():
 def parse_variant(variant):
     """"cgap+global+fresh" -> ("cgap", "global", True)."""
     method, *options = variant.split("+")
-    unknown = set(options) - {"global", "erk", "fresh"}
+    unknown = set(options) - {"global", "erk", "fresh", "hot"}
     if method not in ("dense", "gmp", "cgap", "pgap") or unknown or (
-            method in ("dense", "gmp") and options):
+            method in ("dense", "gmp") and options) or ("hot" in options
+                                                        and "fresh" not in options):
         raise app.UsageError(f"Unknown variant {variant!r}: expected dense, gmp, or "
-                             "cgap/pgap with optional +global or +erk, and +fresh.")
+                             "cgap/pgap with optional +global or +erk, and +fresh "
+                             "(+fresh+hot).")
     distribution = next((o for o in options if o in ("global", "erk")), "uniform")
-    return method, distribution, "fresh" in options
+    return method, distribution, "fresh" in options, "hot" in options
 
 
 def prepare(variant, sparsity, steps_per_epoch, epochs, seed):
     """Returns (model ready to compile, callbacks, optimizer) for one variant."""
     import keras
     import keras_gap as kg
-    method, distribution, fresh = parse_variant(variant)
+    method, distribution, fresh, hot = parse_variant(variant)
     total = epochs * steps_per_epoch
     cosine = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(FLAGS.peak_lr, total))
     model = build_cnn()
@@ -119,8 +126,9 @@ def prepare(variant, sparsity, steps_per_epoch, epochs, seed):
                           keep_dense=KEEP_DENSE, method=method, seed=seed,
                           distribution=distribution)
     if fresh:
+        peak = FLAGS.peak_lr * (FLAGS.hot_factor if hot else 1.0)
         callback = kg.GaPCallback(reset_optimizer="fresh", verbose=0,
-                                  step_lr=kg.gap.StepLR(FLAGS.peak_lr, warmup=FLAGS.warmup))
+                                  step_lr=kg.gap.StepLR(peak, warmup=FLAGS.warmup))
         return pruned, [callback], keras.optimizers.Adam(FLAGS.peak_lr)
     return pruned, [kg.GaPCallback(reset_optimizer="all", verbose=0)], cosine
 
@@ -210,7 +218,8 @@ def write_results(runs, summary, meta, stem):
              "`gmp`, `dense`): one cosine decay over the whole budget; GaP with "
              "`reset_optimizer='all'`. `+fresh`: `reset_optimizer='fresh'` and "
              f"`step_lr=StepLR({meta['peak_lr']}, warmup={meta['warmup']})` (cosine "
-             "restarted at every GaP step and over fine-tuning). `+global`: "
+             "restarted at every GaP step and over fine-tuning). `+fresh+hot`: the same "
+             f"with a peak of {meta['hot_factor']} x {meta['peak_lr']}. `+global`: "
              "`distribution='global'`. Training MACs: forward+backward MACs spent over "
              "the whole run relative to training the dense model for the same steps "
              "(sparse-aware: each pruned weight counted by its mask density at each step).",
@@ -323,6 +332,7 @@ def main(argv):
             "train_size": FLAGS.train_size, "val_size": FLAGS.val_size,
             "batch_size": FLAGS.batch_size, "partitions": FLAGS.partitions,
             "rounds": FLAGS.rounds, "peak_lr": FLAGS.peak_lr, "warmup": FLAGS.warmup,
+            "hot_factor": FLAGS.hot_factor,
             "train_seconds_total": sum(r["train_seconds"] for r in runs)}
     summary = summarize(runs)
     write_results(runs, summary, meta, stem)
