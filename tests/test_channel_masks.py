@@ -119,10 +119,18 @@ def _data(n=32):
     return rng.normal(size=(n, 8, 8, 2)).astype("float32"), rng.integers(0, 4, n)
 
 
+class _CheckEveryStep(keras.callbacks.Callback):
+    """Masked weights are exactly 0 after every training step."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        _channel_state(self.model)  # self.model: JAX syncs the trainer state first
+
+
 def _fit(pruned, callback, epochs=2):
     pruned.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     x, y = _data()
-    pruned.fit(x, y, batch_size=8, epochs=epochs, callbacks=[callback], verbose=0)
+    pruned.fit(x, y, batch_size=8, epochs=epochs, callbacks=[callback, _CheckEveryStep()],
+               verbose=0)
 
 
 def _channel_state(model):
