@@ -205,3 +205,21 @@ def test_keras_ops_nodes_are_skipped_and_matmul_ops_not_counted():
     # Pruning a graph with op nodes leaves them as they are.
     pruned = kg.prune_low_magnitude(model)
     assert kg.flops_report(pruned).macs == 4 * 6 * 3
+
+
+class _Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.conv = L.Conv2D(4, 3)
+        self.dense = L.Dense(3)
+
+    def call(self, x):
+        return self.dense(keras.ops.mean(self.conv(x), axis=(1, 2)))
+
+
+def test_subclassed_model_counts_each_layer_once_at_its_build_shapes():
+    model = _Subclassed()
+    model(np.zeros((1, 8, 8, 1), "float32"))
+    report = kg.flops_report(model)
+    assert [r.macs for r in report.rows] == [6 * 6 * 3 * 3 * 4, 4 * 3]
+    assert all("build shapes" in r.note for r in report.rows)

@@ -307,7 +307,7 @@ def _density(variable, mask=None):
     return np.count_nonzero(values) / values.size if values.size else 1.0
 
 
-def _row(name, layer, calls):
+def _row(name, layer, calls, note=""):
     """The `LayerFlops` of ``layer`` (a wrapper is seen through)."""
     masks = {}
     if isinstance(layer, PruneLowMagnitude):
@@ -327,7 +327,7 @@ def _row(name, layer, calls):
     by_path = {w.path: w for w in layer.weights}
     nonzero = other + sum(macs * _density(by_path[path], masks.get(id(by_path[path])))
                           for path, macs in weight.items())
-    note = "pruning wrapper" if masks else ""
+    note = "; ".join(n for n in ("pruning wrapper" if masks else "", note) if n)
     return LayerFlops(layer=name, type=type(layer).__name__, params=params,
                       macs=int(other + sum(weight.values())), nonzero_macs=float(nonzero),
                       weight_macs=tuple(weight.items()), note=note)
@@ -407,9 +407,9 @@ def _layer_calls(model):
 
 def _rows(model, prefix=""):
     rows = []
-    calls = _layer_calls(model)
+    calls, note = _layer_calls(model), ""
     if calls is None:  # subclassed model: each layer once, at its build shapes
-        calls = {}
+        calls, note = {}, "one call at its build shapes (subclassed model)"
         for layer in model.layers:
             shapes = _build_shapes(layer)
             calls[id(layer)] = (layer, [shapes] if shapes else [])
@@ -434,7 +434,7 @@ def _rows(model, prefix=""):
                                    macs=None, nonzero_macs=None,
                                    note="not counted: input size unknown"))
             continue
-        rows.append(_row(name, layer, layer_calls))
+        rows.append(_row(name, layer, layer_calls, note))
     return rows
 
 
