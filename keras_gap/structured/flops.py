@@ -378,8 +378,9 @@ def _build_shapes(layer):
         out = layer.compute_output_shape(*ins)
     except Exception:  # noqa: BLE001 - many layers cannot infer shapes alone
         out = None
-    return ins, [_shape(out)] if out is not None and not isinstance(out, (list, dict)) \
-        else [None]
+    if out is None or isinstance(out, (list, dict)):
+        return ins, [None]
+    return ins, [_shape(out)]
 
 
 def _sequential_calls(model):
