@@ -28,6 +28,9 @@ BENCHMARKS = [
      "python benchmarks/structured.py"),
     ("prunability", "Prunability of keras.applications models (channel groups, materialize)",
      "python benchmarks/prunability.py"),
+    ("growing", "Growing networks vs dense, channel GMP / C-GaP, unstructured C-GaP",
+     "python benchmarks/growing.py --seeds 2 --train_images 6000 --epochs 5 "
+     "--latency_runs 200"),
     ("pgap_parallel", "P-GaP in one process vs on Ray workers (time per round, accuracy)",
      "python benchmarks/pgap_parallel.py"),
 ]

@@ -34,7 +34,7 @@ Usage:
     KERAS_BACKEND=tensorflow python benchmarks/growing.py --seeds 2 --train_images 6000
     python benchmarks/growing.py --quick --output_dir /tmp/growing
 
-Writes benchmarks/results/growing.{json,md}.
+Writes benchmarks/results/growing.{json,md} (``--results_name`` for another stem).
 """
 
 import datetime
@@ -64,6 +64,7 @@ flags.DEFINE_float("seed_channels", 0.25, "growing: channels on at the start")
 flags.DEFINE_integer("blocks", 2, "residual blocks per stage of the space")
 flags.DEFINE_float("final_temperature", 200.0, "growing: final gate temperature")
 flags.DEFINE_bool("baselines", True, "also run channel GMP / C-GaP and unstructured C-GaP")
+flags.DEFINE_string("results_name", "growing", "stem of the results files (<name>.json/.md)")
 
 
 def train(method, seed, data, budget=None, sparsity=None):
@@ -154,8 +155,10 @@ def markdown(result):
         f"held out, {cfg['test_images']:,} test images; {cfg['epochs']} epochs at batch "
         f"{cfg['batch_size']} for every method (a reduced budget: 2 shared CPU cores), "
         f"{cfg['seeds']} seed(s). Growing: seed {cfg['seed_channels']:.0%} of the channels and "
-        "1 block per stage, final temperature 200. GMP / C-GaP: channel fraction "
-        f"{cfg['matched_sparsity']:.2f} (s = 1 - sqrt(MACs ratio of growing at 50%)). "
+        "1 block per stage, final temperature 200. "
+        + (f"GMP / C-GaP: channel fraction {cfg['matched_sparsity']:.2f} (s = 1 - "
+           "sqrt(MACs ratio of growing at the first budget)). "
+           if cfg["matched_sparsity"] == cfg["matched_sparsity"] else "") +
         "Accuracy and MACs are the materialized model's; TFLite latency is the median of "
         f"{cfg['latency_runs']} runs (one thread, batch 1, seed 0's model). Total wall time "
         f"{result['wall_minutes']:.1f} min.", "",
@@ -238,9 +241,9 @@ def main(argv):
               "rows": rows, "latency": lat, "summary": summarize(rows, lat),
               "wall_minutes": (time.perf_counter() - start) / 60}
     os.makedirs(FLAGS.output_dir, exist_ok=True)
-    with open(os.path.join(FLAGS.output_dir, "growing.json"), "w") as f:
+    with open(os.path.join(FLAGS.output_dir, FLAGS.results_name + ".json"), "w") as f:
         json.dump(result, f, indent=2, default=float)
-    with open(os.path.join(FLAGS.output_dir, "growing.md"), "w") as f:
+    with open(os.path.join(FLAGS.output_dir, FLAGS.results_name + ".md"), "w") as f:
         f.write(markdown(result))
     print(markdown(result))
 
