@@ -133,20 +133,6 @@ def prepare(variant, sparsity, steps_per_epoch, epochs, seed):
     return pruned, [kg.GaPCallback(reset_optimizer="all", verbose=0)], cosine
 
 
-def training_cost_callback():
-    """The shared training-cost callback (sparse-aware MACs relative to dense), if any."""
-    import keras_gap as kg
-    cls = getattr(kg, "TrainingCost", None)
-    return cls() if cls is not None else None
-
-
-def _relative_cost(cost):
-    try:
-        return float(cost.relative)
-    except (AttributeError, TypeError, ValueError):
-        return None
-
-
 def accuracy(model, x, y):
     return float((model.predict(x, batch_size=512, verbose=0).argmax(-1) == y).mean())
 
@@ -158,12 +144,12 @@ def run_one(variant, sparsity, seed, data, epochs):
     keras.utils.set_random_seed(seed)
     steps_per_epoch = -(-len(x) // FLAGS.batch_size)
     model, callbacks, optimizer = prepare(variant, sparsity, steps_per_epoch, epochs, seed)
-    cost = training_cost_callback()
+    cost = kg.TrainingCost()  # sparse-aware training MACs relative to dense
     model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
     start = time.time()
     model.fit(x, y, batch_size=FLAGS.batch_size, epochs=epochs, verbose=0,
-              callbacks=callbacks + ([cost] if cost is not None else []))
+              callbacks=callbacks + [cost])
     seconds = time.time() - start
     final = kg.strip_pruning(model) if variant != "dense" else model
     report = kg.sparsity_report(final)
@@ -175,7 +161,7 @@ def run_one(variant, sparsity, seed, data, epochs):
             "sparsity_prunable": 1 - nz / total if total else 0.0,
             "sparsity_all": report.sparsity,
             "layer_sparsity": {r.layer: r.sparsity for r in pruned_rows},
-            "train_macs_ratio": _relative_cost(cost),
+            "train_macs_ratio": float(cost.relative),
             "train_seconds": seconds}
 
 
