@@ -14,22 +14,8 @@ def _summary(times, runs):
 
 def time_tflite(path, x, runs, resolver="auto"):
     """Median / p10 / p90 milliseconds of `invoke` with one thread."""
-    from keras_gap.export import runtime
-
-    interp, resolver, runtime_name, _ = runtime.make_interpreter(
-        path, resolver=resolver, num_threads=1)
-    detail = interp.get_input_details()[0]
-    interp.resize_tensor_input(detail["index"], list(x.shape), strict=False)
-    interp.allocate_tensors()
-    interp.set_tensor(detail["index"], x.astype(detail["dtype"]))
-    for _ in range(max(3, runs // 10)):
-        interp.invoke()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        interp.invoke()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return dict(_summary(times, runs), resolver=resolver, runtime=runtime_name)
+    from keras_gap.export import tflite_latency
+    return tflite_latency(path, x, runs=runs, num_threads=1, resolver=resolver)
 
 
 def time_keras_predict(model, x, runs):

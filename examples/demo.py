@@ -32,7 +32,6 @@ Run:
 import gzip
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -209,26 +208,6 @@ def gzip_size(path):
         return len(gzip.compress(f.read(), compresslevel=9))
 
 
-def tflite_latency_ms(path, runs, warmup=20):
-    """Median wall time (ms) of one batch-1 invocation, one thread, under the
-    resolver the interpreter needs for this model."""
-    import numpy as np
-    from keras_gap.export import runtime
-    interpreter, _, _, _ = runtime.make_interpreter(os.fspath(path), num_threads=1)
-    detail = interpreter.get_input_details()[0]
-    interpreter.resize_tensor_input(detail["index"], [1] + list(detail["shape"][1:]))
-    interpreter.allocate_tensors()
-    x = np.zeros([1] + list(detail["shape"][1:]), dtype=detail["dtype"])
-    times = []
-    for i in range(warmup + runs):
-        interpreter.set_tensor(detail["index"], x)
-        t = time.perf_counter()
-        interpreter.invoke()
-        if i >= warmup:
-            times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
-
-
 def export_and_measure(name, model, output_dir, data, sparse, runs):
     """Exports float32 and int8 TFLite files; returns {dtype: measurements}."""
     import numpy as np
@@ -249,7 +228,7 @@ def export_and_measure(name, model, output_dir, data, sparse, runs):
             "size_bytes": os.path.getsize(path),
             "gzip_bytes": gzip_size(path),
             "sparse_tensors": len(kg.export.inspect_tflite(path).sparse_tensors),
-            "latency_ms": tflite_latency_ms(path, runs),
+            "latency_ms": kg.export.tflite_latency(path, runs=runs, warmup=20)["median_ms"],
         }
     return out
 

@@ -21,8 +21,6 @@ Run:
 
 import json
 import os
-import statistics
-import time
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
@@ -75,24 +73,6 @@ def build_space(widths=(16, 32, 64), blocks=2):
             x = L.ReLU(name=f"{name}_out")(L.Add(name=f"{name}_add")([shortcut, y]))
     x = L.GlobalAveragePooling2D(name="pool")(x)
     return keras.Model(inputs, L.Dense(10, name="logits")(x), name="resnet_space")
-
-
-def tflite_ms(path, x, runs):
-    """Median milliseconds of one interpreter invoke (one thread, batch 1)."""
-    from keras_gap.export import runtime
-    interpreter, _, _, _ = runtime.make_interpreter(os.fspath(path), num_threads=1)
-    detail = interpreter.get_input_details()[0]
-    interpreter.resize_tensor_input(detail["index"], list(x.shape))
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(detail["index"], x.astype(detail["dtype"]))
-    for _ in range(20):
-        interpreter.invoke()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        interpreter.invoke()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
 
 
 def main(argv):
@@ -148,7 +128,7 @@ def main(argv):
             "test_accuracy": float((model.predict(xt, batch_size=500, verbose=0).argmax(-1)
                                     == yt).mean()),
             "params": model.count_params(), "macs": kg.flops_report(model).macs,
-            "tflite_ms_batch1": tflite_ms(path, xt[:1], FLAGS.latency_runs)})
+            "tflite_ms_batch1": kg.export.tflite_latency(path, xt[:1], runs=FLAGS.latency_runs)["median_ms"]})
     for r in rows:
         r["macs_ratio"] = r["macs"] / rows[0]["macs"]
         r["tflite_speedup"] = rows[0]["tflite_ms_batch1"] / r["tflite_ms_batch1"]

@@ -29,8 +29,6 @@ Run:
 
 import json
 import os
-import statistics
-import time
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
@@ -76,24 +74,6 @@ def build_model(filters=(24, 48, 96)):
         x = L.ReLU(name=f"s{i}_out")(L.Add(name=f"s{i}_add")([y, shortcut]))
     x = L.GlobalAveragePooling2D(name="pool")(x)
     return keras.Model(inputs, L.Dense(10, name="logits")(x), name="resnet_fmnist")
-
-
-def tflite_ms(path, x, runs):
-    """Median milliseconds of one interpreter invoke (one thread, batch 1)."""
-    from keras_gap.export import runtime
-    interpreter, _, _, _ = runtime.make_interpreter(os.fspath(path), num_threads=1)
-    detail = interpreter.get_input_details()[0]
-    interpreter.resize_tensor_input(detail["index"], list(x.shape))
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(detail["index"], x.astype(detail["dtype"]))
-    for _ in range(20):
-        interpreter.invoke()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        interpreter.invoke()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
 
 
 def main(argv):
@@ -158,7 +138,7 @@ def main(argv):
             "params": model.count_params(), "macs": report_m.macs,
             "train_macs_ratio": cost, "tflite_bytes": export.size,
             "tflite_max_abs_diff": export.max_abs_diff,
-            "tflite_ms_batch1": tflite_ms(path, xt[:1], FLAGS.latency_runs)})
+            "tflite_ms_batch1": kg.export.tflite_latency(path, xt[:1], runs=FLAGS.latency_runs)["median_ms"]})
     dense_row, small_row = rows
     for r in rows:
         r["macs_reduction"] = dense_row["macs"] / r["macs"]

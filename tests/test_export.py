@@ -85,6 +85,18 @@ def test_float32_tflite_matches_keras(float_tflite, block4_pruned, data):
     assert out.runtime in ("litert", "tensorflow")
 
 
+def test_tflite_latency_measures_the_given_batch(float_tflite, data):
+    _, (x_test, _) = data
+    stats = export.tflite_latency(float_tflite.path, x_test[:8], runs=5, warmup=1)
+    assert stats["runs"] == 5 and stats["batch"] == 8
+    assert 0 < stats["p10_ms"] <= stats["median_ms"] <= stats["p90_ms"]
+    assert stats["resolver"] == "BUILTIN" and stats["runtime"] in ("litert", "tensorflow")
+    default = export.tflite_latency(float_tflite.path, runs=3)  # zeros at batch 1
+    assert default["batch"] == 1
+    with pytest.raises(ValueError, match="`runs` must be >= 1; received 0"):
+        export.tflite_latency(float_tflite.path, runs=0)
+
+
 def test_block4_dense_is_encoded_natively(float_tflite):
     info = export.inspect_tflite(float_tflite.path)
     hidden = [t for t in info.tensors if t.shape == (HIDDEN, DIM)]

@@ -20,7 +20,8 @@ smaller file (DENSIFY at load time) but dense compute on x86.
 
 from keras_gap.export.inspection import TFLiteInspection, TFLiteTensorInfo, inspect_tflite
 from keras_gap.export.onnx import onnx_missing_packages, to_onnx
-from keras_gap.export.runtime import TFLiteOutput, choose_resolver, run_tflite
+from keras_gap.export.runtime import (TFLiteOutput, choose_resolver, run_tflite,
+                                      tflite_latency)
 from keras_gap.export.saved_model import NByMCheck, check_n_by_m, to_saved_model
 from keras_gap.export.tflite import (
     QUANTIZE_MODES,
@@ -34,5 +35,5 @@ __all__ = [
     "NByMCheck", "QUANTIZE_MODES", "TFLiteExport", "TFLiteInspection", "TFLiteOutput",
     "TFLiteTensorInfo", "TFLiteVerificationError", "check_n_by_m", "choose_resolver",
     "inspect_tflite", "onnx_missing_packages", "run_tflite", "tflite_block_size",
-    "to_onnx", "to_saved_model", "to_tflite",
+    "tflite_latency", "to_onnx", "to_saved_model", "to_tflite",
 ]

@@ -20,6 +20,8 @@ resolver it retries without the delegate. The result says which it used.
 
 import dataclasses
 import os
+import statistics
+import time
 import warnings
 
 import numpy as np
@@ -213,3 +215,54 @@ def run_tflite(path, x, resolver=AUTO, num_threads=None, runtime="auto"):
         outputs = _invoke(interpreter, inputs)
     return TFLiteOutput(outputs=outputs[0] if len(outputs) == 1 else outputs,
                         resolver=used, runtime=runtime_name, reason=reason)
+
+
+def tflite_latency(path, x=None, runs=200, warmup=None, num_threads=1, resolver=AUTO,
+                   runtime="auto"):
+    """Wall time of one interpreter invocation of a ``.tflite`` file.
+
+    The one latency measurement keras-gap's demo, examples and benchmarks use:
+    the interpreter is created as `run_tflite` would (resolver chosen for the
+    model), resized to ``x``'s batch, warmed up, then ``runs`` invocations on
+    the same input are timed one by one.
+
+    Args:
+        path: ``.tflite`` file.
+        x: input array (its first axis is the batch); default: zeros of the
+            model's input shape at batch 1.
+        runs: timed invocations (>= 1).
+        warmup: untimed invocations first; default ``max(3, runs // 10)``.
+        num_threads: interpreter threads (1: what a phone core or a latency
+            budget sees).
+        resolver: "auto", "BUILTIN" or "BUILTIN_WITHOUT_DEFAULT_DELEGATES".
+        runtime: "auto", "litert" or "tensorflow".
+
+    Returns:
+        dict with ``median_ms``, ``p10_ms``, ``p90_ms``, ``runs``, ``batch``,
+        ``resolver`` and ``runtime``.
+
+    Example:
+        >>> kg.export.tflite_latency("model.tflite", x_test[:1])["median_ms"]
+    """
+    if int(runs) < 1:
+        raise ValueError(f"`runs` must be >= 1; received {runs!r}.")
+    interpreter, resolver, runtime_name, _ = make_interpreter(
+        path, resolver=resolver, num_threads=num_threads, runtime=runtime)
+    detail = interpreter.get_input_details()[0]
+    if x is None:
+        x = np.zeros([1] + list(detail["shape"][1:]), dtype=detail["dtype"])
+    x = np.asarray(x)
+    interpreter.resize_tensor_input(detail["index"], list(x.shape), strict=False)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(detail["index"], _quantize(x, detail))
+    for _ in range(max(3, int(runs) // 10) if warmup is None else int(warmup)):
+        interpreter.invoke()
+    times = []
+    for _ in range(int(runs)):
+        start = time.perf_counter()
+        interpreter.invoke()
+        times.append((time.perf_counter() - start) * 1e3)
+    p10, p90 = np.percentile(times, [10, 90])
+    return {"median_ms": statistics.median(times), "p10_ms": float(p10),
+            "p90_ms": float(p90), "runs": int(runs), "batch": int(x.shape[0]),
+            "resolver": resolver, "runtime": runtime_name}
