@@ -39,6 +39,7 @@ import datetime
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 
@@ -49,6 +50,9 @@ from absl import app, flags  # noqa: E402
 
 from _machine import machine_info  # noqa: E402
 from _timing import time_keras_predict, time_tflite  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
+from structured_resnet import build_model  # noqa: E402  (the example's ResNet)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("quick", False, "smoke test: one seed, 256 images, one epoch of 8 steps")
@@ -67,33 +71,6 @@ flags.DEFINE_string("output_dir", os.path.join(os.path.dirname(__file__), "resul
                     "where structured.{json,md} go")
 
 PRUNE_FRACTION = 0.6  # share of the steps spent pruning (GMP ramp, GaP steps)
-
-
-def build_model(filters=(24, 48, 96)):
-    """ResNet-style CNN for 28x28x1 inputs (one basic block per stage)."""
-    import keras
-    L = keras.layers
-
-    def conv(x, f, k, s, name):
-        return L.Conv2D(f, k, strides=s, padding="same", use_bias=False,
-                        kernel_initializer="he_normal", name=name)(x)
-
-    inputs = keras.Input((28, 28, 1), name="image")
-    x = L.Rescaling(1 / 255.0, name="scale")(inputs)
-    x = L.ReLU(name="stem_relu")(L.BatchNormalization(name="stem_bn")(
-        conv(x, filters[0], 3, 2, "stem_conv")))
-    for i, f in enumerate(filters, start=1):
-        stride = 1 if i == 1 else 2
-        y = L.ReLU(name=f"s{i}_relu1")(L.BatchNormalization(name=f"s{i}_bn1")(
-            conv(x, f, 3, stride, f"s{i}_conv1")))
-        y = L.BatchNormalization(name=f"s{i}_bn2")(conv(y, f, 3, 1, f"s{i}_conv2"))
-        shortcut = x
-        if stride != 1 or x.shape[-1] != f:
-            shortcut = L.BatchNormalization(name=f"s{i}_short_bn")(
-                conv(x, f, 1, stride, f"s{i}_short"))
-        x = L.ReLU(name=f"s{i}_out")(L.Add(name=f"s{i}_add")([y, shortcut]))
-    x = L.GlobalAveragePooling2D(name="pool")(x)
-    return keras.Model(inputs, L.Dense(10, name="logits")(x), name="resnet_fmnist")
 
 
 def wrap(model, method, sparsity, total_steps):

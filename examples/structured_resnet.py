@@ -35,18 +35,23 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_float("sparsity", 0.5, "Fraction of the channels removed, in [0, 1).")
-flags.DEFINE_integer("partitions", 2, "Number of GaP partitions (K).")
-flags.DEFINE_integer("rounds", 1, "How many times every partition is grown.")
-flags.DEFINE_integer("epochs_per_step", 2, "Epochs a partition stays grown.")
-flags.DEFINE_integer("finetune_epochs", 2, "Epochs of the final fine-tuning phase.")
-flags.DEFINE_float("learning_rate", 2e-3, "Peak Adam learning rate (cosine decay).")
-flags.DEFINE_integer("limit", 12000, "Use only the first N training images.")
-flags.DEFINE_integer("test_limit", None, "Use only the first N test images.")
-flags.DEFINE_integer("batch_size", 64, "Batch size.")
-flags.DEFINE_integer("latency_runs", 300, "Timed TFLite runs per model.")
-flags.DEFINE_integer("seed", 0, "Random seed.")
-flags.DEFINE_string("output_dir", "out/structured_resnet", "Where models and results go.")
+
+
+def define_flags():
+    """The example's flags (defined only when it runs, so that benchmarks can import
+    `build_model`)."""
+    flags.DEFINE_float("sparsity", 0.5, "Fraction of the channels removed, in [0, 1).")
+    flags.DEFINE_integer("partitions", 2, "Number of GaP partitions (K).")
+    flags.DEFINE_integer("rounds", 1, "How many times every partition is grown.")
+    flags.DEFINE_integer("epochs_per_step", 2, "Epochs a partition stays grown.")
+    flags.DEFINE_integer("finetune_epochs", 2, "Epochs of the final fine-tuning phase.")
+    flags.DEFINE_float("learning_rate", 2e-3, "Peak Adam learning rate (cosine decay).")
+    flags.DEFINE_integer("limit", 12000, "Use only the first N training images.")
+    flags.DEFINE_integer("test_limit", None, "Use only the first N test images.")
+    flags.DEFINE_integer("batch_size", 64, "Batch size.")
+    flags.DEFINE_integer("latency_runs", 300, "Timed TFLite runs per model.")
+    flags.DEFINE_integer("seed", 0, "Random seed.")
+    flags.DEFINE_string("output_dir", "out/structured_resnet", "Where models and results go.")
 
 
 def build_model(filters=(24, 48, 96)):
@@ -164,4 +169,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
