@@ -9,9 +9,9 @@ Variants (``--variants``), ``method[+global][+fresh]``:
   cgap, pgap: GaP, uniform per-layer sparsity, ``reset_optimizer="all"``
       (slots zeroed at each boundary, step counter running) and one cosine
       decay over the whole budget.
-  +global: ``distribution="global"``: one magnitude threshold over the
-      partition being pruned back (the other partitions' masks stay fixed, so
-      with one layer per partition it equals uniform).
+  +global: ``distribution="global"``: at each prune-back one magnitude
+      threshold over every pruned layer (non-uniform per-layer ratios, the
+      paper's non-uniform setting).
   +erk: non-uniform per-layer ratios fixed at the start (``distribution="erk"``).
   +fresh+hot: the same restart with a hotter per-step peak (``--hot_factor`` x
       the peak learning rate): the documented form of the boost "all" gets from

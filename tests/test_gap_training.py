@@ -116,6 +116,40 @@ def test_gap_global_distribution_hits_target_exactly():
     assert len({round(r.sparsity, 3) for r in report.rows}) > 1
 
 
+
+@pytest.mark.core
+def test_gap_global_one_layer_per_partition_is_non_uniform():
+    """With one layer per partition a global prune-back still moves weights
+    between layers; a sparse layer can lose weights but never regrows one."""
+    keras.utils.set_random_seed(4)
+    x, y = _data()
+    pruned = kg.prune_gap(_model(), target_sparsity=TARGET, num_partitions=4,
+                          partitioning=[["c1"], ["c2"], ["d1"], ["d2"]],
+                          steps_per_step=3, rounds=1, distribution="global")
+    _compile(pruned)
+    wrappers = {w.layer.name: w for w in kg.wrapper.collect_wrappers(pruned)}
+    seen = []
+
+    class Watch(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append({n: np.asarray(keras.ops.convert_to_numpy(w.masks[0]))
+                         for n, w in wrappers.items()})
+
+    gap = kg.GaPCallback(verbose=0)
+    pruned.fit(x, y, batch_size=64, epochs=4, callbacks=[gap, Watch()], verbose=0)
+    report = kg.sparsity_report(pruned)
+    assert report.nonzero == sum(num_to_keep(r.params, TARGET) for r in report.rows)
+    # Not the uniform counts (which differ from each other only by rounding).
+    moved = [abs(r.nonzero - num_to_keep(r.params, TARGET)) for r in report.rows]
+    assert max(moved) > 2, moved
+    # After the first grow, a layer that is not dense only loses weights until it is grown.
+    for name in wrappers:
+        for before, after in zip(seen, seen[1:]):
+            if before[name].all() or after[name].all():
+                continue  # its own grown phase (and the boundary into or out of it)
+            assert not (after[name] > before[name]).any(), name
+
+
 def test_gap_keep_dense_and_random_start():
     keras.utils.set_random_seed(3)
     x, y = _data()

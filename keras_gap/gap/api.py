@@ -96,8 +96,11 @@ def prune_gap(model, target_sparsity=0.9, num_partitions=4, epochs_per_step=None
         finetune_steps: the same in steps (with ``steps_per_step``).
         partitioning: "balanced" (default), "sequential", "random", or a
             list of lists of layer names.
-        distribution: "uniform" (default), "erk", "er", "global" (per-layer
-            ratios from one magnitude threshold at each prune-back), or a dict
+        distribution: "uniform" (default), "erk", "er", "global" (at each
+            prune-back one magnitude threshold over every pruned layer: the
+            grown partition competes with the kept weights of the sparse ones,
+            which can lose weights but not regrow them; per-layer ratios
+            become non-uniform, the model's total stays exact), or a dict
             layer name -> sparsity.
         keep_dense: layer names left dense (e.g. first conv, classifier).
         method: "cgap" (cyclic, default) or "pgap" (parallel copies, merged).

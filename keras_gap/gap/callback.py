@@ -304,18 +304,31 @@ class GaPCallback(UpdatePruningStep):
             self._zero_removed_slots(w)
 
     def _prune_back_global(self, wrappers):
-        """One magnitude threshold across ``wrappers`` with the budget that
-        puts the whole model exactly at its target."""
+        """One magnitude threshold across every pruned layer, with the budget
+        that puts the whole model exactly at its target.
+
+        ``wrappers`` (the partition being pruned back) compete with the kept
+        weights of the sparse partitions: a layer that matters more keeps more,
+        so per-layer ratios become non-uniform even with one layer per
+        partition. Sparse layers can lose weights here but never regrow one
+        (their removed weights rank last); they regrow only when grown.
+        """
         chosen = {id(w) for w in wrappers}
+        ranked = [w for w in self.wrappers if w.structure != "channel"]
         budget = sum(mask_lib.num_to_keep(n, w.pruning_schedule.target_sparsity)
-                     for w in self.wrappers for n, _ in w.mask_counts())
-        budget -= sum(nz for w in self.wrappers if id(w) not in chosen
-                      for _, nz in w.mask_counts())
-        scores = [w.criterion.scores(v, m) for w in wrappers
-                  for v, m in zip(w.pruned_weights, w.masks)]
+                     for w in ranked for n, _ in w.mask_counts())
+        scores = []
+        for w in ranked:
+            for v, m in zip(w.pruned_weights, w.masks):
+                s = ops.convert_to_tensor(w.criterion.scores(v, m), "float32")
+                if id(w) not in chosen:  # removed weights of sparse layers stay removed
+                    s = ops.where(ops.convert_to_tensor(m) > 0, s, float("-inf"))
+                scores.append(s)
         new = iter(mask_lib.joint_topk_masks(scores, max(budget, 0)))
-        for w in wrappers:
+        for w in ranked:
             w.set_masks([next(new) for _ in w.pruned_weights])
+            if id(w) not in chosen:
+                self._zero_removed_slots(w)
 
     def _grow(self, wrappers):
         plan = getattr(self, "_channel_plan", None)
