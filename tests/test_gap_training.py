@@ -308,6 +308,8 @@ def test_gap_with_fggp_prune_back():
                      callbacks=[kg.GaPCallback(verbose=0)])
     with pytest.raises(ValueError, match="global"):
         kg.prune_gap(_model(), distribution="global", criterion=kg.criteria.FGGP(rate=0.9))
+    with pytest.raises(ValueError, match="blocks"):
+        kg.prune_gap(_model(), distribution="global", block_size=(4, 1))
 
 
 def test_gap_callback_tensorboard_and_epoch_logs(tmp_path):

@@ -155,6 +155,10 @@ def prune_gap(model, target_sparsity=0.9, num_partitions=4, epochs_per_step=None
         raise ValueError("distribution='global' ranks weights by magnitude across layers; it "
                          f"cannot be combined with criterion {criterion!r}. Use "
                          "distribution='uniform' or 'erk' with gradient-based criteria.")
+    if distribution == "global" and (tuple(block_size) != (1, 1) or blocks_for):
+        raise ValueError("distribution='global' ranks single weights across layers; it "
+                         f"cannot keep blocks (block_size={tuple(block_size)}, "
+                         f"target={blocks_for!r}). Use distribution='uniform' or 'erk'.")
     if not isinstance(model, keras.Model):
         raise ValueError("prune_gap expects a Sequential or Functional keras Model; "
                          f"received {type(model).__name__}.")
