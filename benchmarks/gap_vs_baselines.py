@@ -6,6 +6,8 @@ layers (first conv and classifier kept dense for every pruning method).
 
 Variants (``--variants``), ``method[+global][+fresh]``:
   dense, gmp: baselines (cosine decay of the learning rate over the budget).
+  gmp+global: GMP with ``scope="global"`` (one magnitude threshold over every
+      pruned layer: the non-uniform baseline for cgap+global).
   cgap, pgap: GaP, uniform per-layer sparsity, ``reset_optimizer="all"``
       (slots zeroed at each boundary, step counter running) and one cosine
       decay over the whole budget.
@@ -91,11 +93,12 @@ def parse_variant(variant):
     method, *options = variant.split("+")
     unknown = set(options) - {"global", "erk", "fresh", "hot"}
     if method not in ("dense", "gmp", "cgap", "pgap") or unknown or (
-            method in ("dense", "gmp") and options) or ("hot" in options
-                                                        and "fresh" not in options):
-        raise app.UsageError(f"Unknown variant {variant!r}: expected dense, gmp, or "
-                             "cgap/pgap with optional +global or +erk, and +fresh "
-                             "(+fresh+hot).")
+            method == "dense" and options) or (
+            method == "gmp" and set(options) - {"global"}) or ("hot" in options
+                                                                and "fresh" not in options):
+        raise app.UsageError(f"Unknown variant {variant!r}: expected dense, gmp "
+                             "(+global), or cgap/pgap with optional +global or +erk, and "
+                             "+fresh (+fresh+hot).")
     distribution = next((o for o in options if o in ("global", "erk")), "uniform")
     return method, distribution, "fresh" in options, "hot" in options
 
@@ -116,7 +119,8 @@ def prepare(variant, sparsity, steps_per_epoch, epochs, seed):
                                       frequency=max(1, steps_per_epoch // 4))
         pruned = kg.prune_low_magnitude(
             model, pruning_schedule=schedule,
-            pruning_policy=lambda layer: layer.name not in KEEP_DENSE)
+            pruning_policy=lambda layer: layer.name not in KEEP_DENSE,
+            scope="global" if distribution == "global" else "layer")
         return pruned, [kg.UpdatePruningStep()], cosine
     k, rounds = FLAGS.partitions, FLAGS.rounds
     steps_per_step = max(1, prune_steps // (k * rounds))
@@ -169,7 +173,21 @@ def run_key(r):
     return (r["variant"], float(r["target"]), int(r["seed"]), int(r["epochs"]))
 
 
+def layer_macs():
+    """{layer name: MACs} of the CNN (the same for every variant)."""
+    import keras_gap as kg
+    return {r.layer: r.macs for r in kg.flops_report(build_cnn()).rows}
+
+
+def inference_macs_ratio(run, macs):
+    """Non-zero MACs of a run's final model relative to dense (every pruned
+    weight's MACs scaled by its layer's density)."""
+    sparsity = run.get("layer_sparsity", {})
+    return sum(m * (1 - sparsity.get(name, 0.0)) for name, m in macs.items()) / sum(macs.values())
+
+
 def summarize(runs):
+    macs_of = layer_macs()
     table = {}
     for r in runs:
         table.setdefault((r["epochs"], r["target"], r["variant"]), []).append(r)
@@ -183,6 +201,8 @@ def summarize(runs):
                     "std": statistics.stdev(test) if len(test) > 1 else 0.0,
                     "val_mean": statistics.mean(val),
                     "train_macs_ratio": statistics.mean(macs) if macs else None,
+                    "inference_macs_ratio": statistics.mean(
+                        inference_macs_ratio(r, macs_of) for r in rs),
                     "seeds": sorted(r["seed"] for r in rs)})
     return out
 
@@ -208,14 +228,17 @@ def write_results(runs, summary, meta, stem):
              f"with a peak of {meta['hot_factor']} x {meta['peak_lr']}. `+global`: "
              "`distribution='global'`. Training MACs: forward+backward MACs spent over "
              "the whole run relative to training the dense model for the same steps "
-             "(sparse-aware: each pruned weight counted by its mask density at each step).",
+             "(sparse-aware: each pruned weight counted by its mask density at each step). "
+             "Inference MACs: the final model's non-zero MACs relative to dense (what "
+             "non-uniform sparsity spends: it keeps the convolutions denser).",
              ""]
     for epochs in sorted({s["epochs"] for s in summary}):
         rows = [s for s in summary if s["epochs"] == epochs]
         dense = next((s for s in rows if s["variant"] == "dense"), None)
         lines += [f"## {epochs} epochs", "",
                   "| variant | target | val acc | test acc (mean ± std) | vs dense (test) "
-                  "| training MACs vs dense |", "|---|---|---|---|---|---|"]
+                  "| training MACs vs dense | inference MACs (non-zero) vs dense |",
+                  "|---|---|---|---|---|---|---|"]
         for s in sorted(rows, key=lambda s: (s["target"], s["variant"] != "dense",
                                             s["variant"] != "gmp", s["variant"])):
             delta = f"{(s['mean'] - dense['mean']) * 100:+.2f} pts" if dense else ""
@@ -224,7 +247,7 @@ def write_results(runs, summary, meta, stem):
                     else f"{s['train_macs_ratio']:.2f}x")
             lines.append(f"| {s['variant']} | {target} | {s['val_mean']:.4f} | "
                          f"{s['mean']:.4f} ± {s['std']:.4f} (n={s['n']}) | {delta} | "
-                         f"{macs} |")
+                         f"{macs} | {s['inference_macs_ratio']:.2f}x |")
         lines.append("")
     with open(stem + ".md", "w") as f:
         f.write("\n".join(lines))
@@ -239,24 +262,27 @@ def plot(summary, path):
     except ImportError:
         return
     budgets = sorted({s["epochs"] for s in summary})
-    fig, axes = plt.subplots(1, len(budgets), figsize=(6 * len(budgets), 4.5), squeeze=False)
+    fig, axes = plt.subplots(2, len(budgets), figsize=(6 * len(budgets), 9), squeeze=False)
     variants = sorted({s["variant"] for s in summary} - {"dense"})
-    for ax, epochs in zip(axes[0], budgets):
+    for col, epochs in enumerate(budgets):
         rows = [s for s in summary if s["epochs"] == epochs]
-        for i, variant in enumerate(variants):
-            pts = sorted((s for s in rows if s["variant"] == variant), key=lambda s: s["target"])
-            if pts:
-                ax.errorbar([p["target"] + (i - len(variants) / 2) * 0.003 for p in pts],
-                            [p["mean"] for p in pts], yerr=[p["std"] for p in pts],
-                            marker="o", capsize=3, label=variant)
         dense = next((s for s in rows if s["variant"] == "dense"), None)
-        if dense:
-            ax.axhline(dense["mean"], color="k", ls="--", label="dense")
-        ax.set_xlabel("target sparsity (prunable layers)")
-        ax.set_ylabel("test accuracy")
-        ax.set_title(f"Fashion-MNIST, {epochs} epochs for every method")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        for ax, key, label in ((axes[0][col], "target", "target sparsity (prunable layers)"),
+                               (axes[1][col], "inference_macs_ratio",
+                                "inference MACs (non-zero) relative to dense")):
+            for i, variant in enumerate(variants):
+                pts = sorted((s for s in rows if s["variant"] == variant), key=lambda s: s[key])
+                if pts:
+                    ax.errorbar([p[key] + (i - len(variants) / 2) * 0.003 for p in pts],
+                                [p["mean"] for p in pts], yerr=[p["std"] for p in pts],
+                                marker="o", capsize=3, label=variant)
+            if dense:
+                ax.axhline(dense["mean"], color="k", ls="--", label="dense")
+            ax.set_xlabel(label)
+            ax.set_ylabel("test accuracy")
+            ax.set_title(f"Fashion-MNIST, {epochs} epochs for every method")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
