@@ -1,33 +1,12 @@
 """Smoke tests of the growing-networks example and benchmark (small slices, subprocess)."""
 
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import pytest
 
-from keras_gap import datasets
+from script_testlib import needs_fashion_mnist, run_script as run
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(
-    not (pathlib.Path(datasets.FASHION_MNIST_DEB_DIR) / "train-images-idx3-ubyte.gz").is_file()
-    and not (datasets.default_data_dir() / "fashion_mnist").is_dir(),
-    reason="Fashion-MNIST missing: bash tests/install_deps.sh")]
-
-
-def run(script, *args, timeout=900):
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2",
-               KERAS_BACKEND="tensorflow")
-    proc = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)],
-                          cwd=ROOT / os.path.dirname(script), env=env, capture_output=True,
-                          text=True, timeout=timeout)
-    if proc.returncode != 0:
-        pytest.fail(f"{script} exited with {proc.returncode}:\n{proc.stdout[-3000:]}\n"
-                    f"{proc.stderr[-3000:]}")
-    return proc.stdout
+pytestmark = [pytest.mark.slow, needs_fashion_mnist]
 
 
 def test_growing_resnet_example_small_slice(tmp_path):

@@ -1,30 +1,16 @@
 """Smoke tests of the structured-sparsity benchmarks (a slice / quick mode, subprocess)."""
 
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import pytest
 
-from keras_gap import datasets
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-BENCHMARKS = ROOT / "benchmarks"
+from script_testlib import needs_fashion_mnist, run_script
 
 pytestmark = pytest.mark.slow
 
 
 def run_benchmark(name, *args, timeout=900):
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2",
-               KERAS_BACKEND="tensorflow")
-    proc = subprocess.run([sys.executable, name, *map(str, args)], cwd=BENCHMARKS, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        pytest.fail(f"{name} exited with {proc.returncode}:\n{proc.stdout[-3000:]}\n"
-                    f"{proc.stderr[-3000:]}")
-    return proc.stdout
+    return run_script(f"benchmarks/{name}", *args, timeout=timeout)
 
 
 def test_prunability_slice_materializes_with_equal_outputs(tmp_path):
@@ -41,10 +27,7 @@ def test_prunability_slice_materializes_with_equal_outputs(tmp_path):
     assert "| DenseNet121 | equal |" in (tmp_path / "prunability.md").read_text()
 
 
-@pytest.mark.skipif(
-    not (pathlib.Path(datasets.FASHION_MNIST_DEB_DIR) / "train-images-idx3-ubyte.gz").is_file()
-    and not (datasets.default_data_dir() / "fashion_mnist").is_dir(),
-    reason="Fashion-MNIST missing: bash tests/install_deps.sh")
+@needs_fashion_mnist
 def test_structured_benchmark_quick_mode(tmp_path):
     run_benchmark("structured.py", "--quick", "--output_dir", tmp_path)
     result = json.loads((tmp_path / "structured.json").read_text())
