@@ -132,6 +132,7 @@ def test_gap_global_one_layer_per_partition_is_non_uniform():
 
     class Watch(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
+            self.model  # JAX: sync the trainer state into the variables first
             seen.append({n: np.asarray(keras.ops.convert_to_numpy(w.masks[0]))
                          for n, w in wrappers.items()})
 
