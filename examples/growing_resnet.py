@@ -128,7 +128,8 @@ def main(argv):
             "test_accuracy": float((model.predict(xt, batch_size=500, verbose=0).argmax(-1)
                                     == yt).mean()),
             "params": model.count_params(), "macs": kg.flops_report(model).macs,
-            "tflite_ms_batch1": kg.export.tflite_latency(path, xt[:1], runs=FLAGS.latency_runs)["median_ms"]})
+            "tflite_ms_batch1": kg.export.tflite_latency(
+                path, xt[:1], runs=FLAGS.latency_runs)["median_ms"]})
     for r in rows:
         r["macs_ratio"] = r["macs"] / rows[0]["macs"]
         r["tflite_speedup"] = rows[0]["tflite_ms_batch1"] / r["tflite_ms_batch1"]

@@ -143,7 +143,8 @@ def main(argv):
             "params": model.count_params(), "macs": report_m.macs,
             "train_macs_ratio": cost, "tflite_bytes": export.size,
             "tflite_max_abs_diff": export.max_abs_diff,
-            "tflite_ms_batch1": kg.export.tflite_latency(path, xt[:1], runs=FLAGS.latency_runs)["median_ms"]})
+            "tflite_ms_batch1": kg.export.tflite_latency(
+                path, xt[:1], runs=FLAGS.latency_runs)["median_ms"]})
     dense_row, small_row = rows
     for r in rows:
         r["macs_reduction"] = dense_row["macs"] / r["macs"]
