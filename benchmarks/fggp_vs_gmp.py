@@ -22,11 +22,11 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import datetime  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
+import _common  # noqa: E402
 from _machine import cpu_name  # noqa: E402
 from absl import app, flags  # noqa: E402
 
@@ -36,7 +36,8 @@ from keras_gap.callbacks import overall_sparsity  # noqa: E402
 from keras_gap.wrapper import collect_wrappers  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_bool("quick", False, "Tiny smoke run (1 seed, 1 sparsity, 2 epochs).")
+flags.DEFINE_bool("quick", False, "Tiny smoke run (1 seed, 1 sparsity, 2 epochs; flags "
+                  "given on the command line override these).")
 flags.DEFINE_string("out_dir", os.path.join(os.path.dirname(__file__), "results"),
                     "Where fggp_vs_gmp.{json,md} go.")
 flags.DEFINE_integer("train_size", 15000, "Training images used (first N).")
@@ -71,7 +72,7 @@ def build_model():
 def run(method, start, sparsity, seed, data, steps_per_epoch):
     (x, y), (xt, yt) = data
     keras.backend.clear_session()
-    keras.utils.set_random_seed(seed)
+    _common.set_seed(seed)  # initializers and fit's shuffling; the ERK start gets seed too
     total = steps_per_epoch * FLAGS.epochs
     end_step = int(total * FLAGS.prune_fraction)
     frequency = max(1, end_step // FLAGS.prune_events)
@@ -102,18 +103,22 @@ def run(method, start, sparsity, seed, data, steps_per_epoch):
             "test_accuracy": float(acc), "sparsity": overall_sparsity(wrappers),
             "per_layer_sparsity": [1 - nz / n for w in wrappers for n, nz in w.mask_counts()],
             "train_seconds": round(seconds, 1), "steps": total,
-            "end_step": end_step, "frequency": frequency}
+            "end_step": end_step, "frequency": frequency,
+            "weights": _common.weights_fingerprint(pruned)}
 
 
 def write(results, config, out_dir):
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "fggp_vs_gmp.json"), "w") as f:
-        json.dump({"config": config, "runs": results}, f, indent=1)
+        json.dump({"config": config, "provenance": config["provenance"], "runs": results}, f,
+                  indent=1)
     rows = {}
     for r in results:
         rows.setdefault((r["start"], r["target"], r["method"]), []).append(r["test_accuracy"])
     lines = ["# GMP vs FGGP on Fashion-MNIST", "",
-             "Config: " + ", ".join(f"{k}={v}" for k, v in config.items()), "",
+             "Config: " + ", ".join(f"{k}={v}" for k, v in config.items()
+                                    if k != "provenance"), "",
+             _common.provenance_line(config["provenance"]), "",
              "| start | sparsity | method | test acc mean | std | seeds |",
              "|---|---|---|---|---|---|"]
     for (start, target, method), accs in sorted(rows.items()):
@@ -128,12 +133,13 @@ def write(results, config, out_dir):
 def main(argv):
     del argv
     if FLAGS.quick:
-        FLAGS.train_size, FLAGS.test_size, FLAGS.epochs = 2000, 1000, 2
-        FLAGS.sparsities, FLAGS.seeds, FLAGS.prune_events = ["0.9"], ["0"], 8
+        _common.apply_quick({"train_size": 2000, "test_size": 1000, "epochs": 2,
+                             "sparsities": ["0.9"], "seeds": ["0"], "prune_events": 8})
     data = load(FLAGS.train_size, FLAGS.test_size)
     steps_per_epoch = -(-FLAGS.train_size // FLAGS.batch_size)
+    prov = _common.provenance()
     config = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "date": prov["date"],
         "machine": f"{cpu_name()}, {os.cpu_count()} cores",
         "backend": keras.backend.backend(), "keras": keras.__version__,
         "quick": FLAGS.quick, "model": "MLP 784-300-100-10 (all 3 kernels pruned)",
@@ -142,6 +148,7 @@ def main(argv):
         "optimizer": "SGD(0.05, momentum 0.9, nesterov)",
         "schedule": f"cubic PolynomialDecay, {FLAGS.prune_events} updates, ends at "
                     f"{FLAGS.prune_fraction:.0%} of training",
+        "provenance": prov,
     }
     results = []
     t0 = time.time()

@@ -24,14 +24,25 @@ Variants (``--variants``), ``method[+global][+fresh]``:
 
 Every run reports accuracy on a validation split held out from the training
 images (for choosing a setting) and on the test set (reported, never used to
-choose). Runs are cached one per line in ``<output_dir>/gap_vs_baselines_runs.jsonl``
+choose). Runs are cached one per line in ``<output_dir>/<results_name>_runs.jsonl``
 so a long grid can be run in parts (several invocations with different
 ``--epochs``) and summarized at the end; ``--report_only`` just writes the
 summary (benchmarks/results/gap_vs_baselines.{json,md,png}).
 
+Every cached run records its provenance (git commit and uncommitted changes,
+versions, backend, date, every flag, machine; benchmarks/_common.py). A run is
+reused (not rerun, and summarized) only if it comes from the same commit, the
+same uncommitted changes, versions, backend and ``RESULT_FLAGS``
+(``--reuse_from=commit``, the default); ``--reuse_from=flags`` drops the
+commit condition and ``--reuse_from=any`` takes every cached run, also the
+rows written before provenance was recorded (their commit is unknown). The
+results files name the commit(s) their runs came from.
+
 Run:
     python benchmarks/gap_vs_baselines.py --epochs 8,24     # the full grid (hours)
     python benchmarks/gap_vs_baselines.py --quick           # smoke test (a minute)
+    # the committed grid, summarized again (runs from before provenance):
+    python benchmarks/gap_vs_baselines.py --report_only --reuse_from=any
 """
 
 import json
@@ -44,10 +55,13 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 from absl import app, flags  # noqa: E402
 
+import _common  # noqa: E402
 from _machine import cpu_name  # noqa: E402
+from _models import KEEP_DENSE, fashion_cnn as build_cnn  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_bool("quick", False, "Tiny run for smoke testing (not cached with real runs).")
+flags.DEFINE_bool("quick", False, "Tiny run for smoke testing (not cached with real runs; "
+                  "flags given on the command line override its sizes).")
 flags.DEFINE_integer("train_size", 15000, "Training examples (a fixed slice of the 60k).")
 flags.DEFINE_integer("val_size", 5000, "Validation examples, the next slice of the 60k "
                      "training images (held out; used to choose settings).")
@@ -69,23 +83,19 @@ flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_bool("report_only", False, "Only summarize the cached runs.")
 flags.DEFINE_string("output_dir", os.path.join(os.path.dirname(__file__), "results"),
                     "Where results are written.")
+flags.DEFINE_string("results_name", "gap_vs_baselines",
+                    "Stem of the results files: <stem>_runs.jsonl (the run cache), "
+                    "<stem>.{json,md,png} (a fresh name starts a fresh cache).")
+flags.DEFINE_enum("reuse_from", "commit", ["commit", "flags", "any"],
+                  "Which cached runs count (to skip and to summarize): 'commit': only runs "
+                  "of this git commit (and the same uncommitted changes), the same keras / "
+                  "tensorflow / jax versions, backend and RESULT_FLAGS; 'flags': any commit "
+                  "but the same RESULT_FLAGS and backend; 'any': every cached run, also "
+                  "rows written before provenance was recorded (commit unknown).")
 
-KEEP_DENSE = ("conv1", "logits")
-
-
-def build_cnn():
-    import keras
-    return keras.Sequential([
-        keras.Input((28, 28, 1)),
-        keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv1"),
-        keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="conv2"),
-        keras.layers.MaxPooling2D(),
-        keras.layers.Conv2D(64, 3, padding="same", activation="relu", name="conv3"),
-        keras.layers.MaxPooling2D(),
-        keras.layers.Flatten(),
-        keras.layers.Dense(128, activation="relu", name="fc1"),
-        keras.layers.Dense(10, name="logits"),
-    ], name="cnn")
+# The flags that change a run's numbers besides its key (variant, target, seed, epochs).
+RESULT_FLAGS = ("train_size", "val_size", "batch_size", "partitions", "rounds", "peak_lr",
+                "warmup", "hot_factor")
 
 
 def parse_variant(variant):
@@ -145,7 +155,7 @@ def run_one(variant, sparsity, seed, data, epochs):
     import keras
     import keras_gap as kg
     (x, y), (xv, yv), (xt, yt) = data
-    keras.utils.set_random_seed(seed)
+    _common.set_seed(seed)  # initializers and fit's shuffling; prune_gap gets seed too
     steps_per_epoch = -(-len(x) // FLAGS.batch_size)
     model, callbacks, optimizer = prepare(variant, sparsity, steps_per_epoch, epochs, seed)
     cost = kg.TrainingCost()  # sparse-aware training MACs relative to dense
@@ -166,7 +176,7 @@ def run_one(variant, sparsity, seed, data, epochs):
             "sparsity_all": report.sparsity,
             "layer_sparsity": {r.layer: r.sparsity for r in pruned_rows},
             "train_macs_ratio": float(cost.relative),
-            "train_seconds": seconds}
+            "train_seconds": seconds, "weights": _common.weights_fingerprint(final)}
 
 
 def run_key(r):
@@ -210,7 +220,8 @@ def summarize(runs):
 def write_results(runs, summary, meta, stem):
     with open(stem + ".json", "w") as f:
         json.dump({"meta": meta, "summary": summary, "runs": runs}, f, indent=2)
-    lines = [f"# GaP vs baselines on Fashion-MNIST ({meta['date']})", "",
+    lines = [f"# GaP vs baselines on Fashion-MNIST (summarized {meta['date']})", "",
+             meta["provenance_line"], "",
              f"Commands: {meta['commands']}", "",
              f"Machine: {meta['machine']}. Data: {meta['train_size']} training images "
              f"(fixed slice), validation: the next {meta['val_size']} training images "
@@ -296,20 +307,68 @@ def load_cache(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
+def result_flags(prov):
+    """{flag: value} of RESULT_FLAGS in a provenance dict (None: not recorded)."""
+    values = (prov or {}).get("flags")
+    return None if values is None else {k: values.get(k) for k in RESULT_FLAGS}
+
+
+def reusable(row, current, reuse_from):
+    """Whether a cached row may stand for a run of this invocation; (ok, why not)."""
+    prov = row.get("provenance")
+    if reuse_from == "any":
+        return True, ""
+    if prov is None:
+        return False, "no provenance (commit unknown)"
+    if prov.get("backend") != current["backend"]:
+        return False, f"backend {prov.get('backend')}"
+    if result_flags(prov) != result_flags(current):
+        diff = {k: v for k, v in result_flags(prov).items() if result_flags(current)[k] != v}
+        return False, f"flags {diff}"
+    if reuse_from == "flags":
+        return True, ""
+    if _common.code_key(prov) != _common.code_key(current):
+        return False, _common.commit_label(prov)
+    versions = ("keras", "tensorflow", "jax")
+    if any(prov["versions"].get(k) != current["versions"].get(k) for k in versions):
+        return False, "versions " + ", ".join(f"{k} {prov['versions'].get(k)}"
+                                              for k in versions)
+    return True, ""
+
+
+def select_cache(rows, current, reuse_from):
+    """(rows this invocation may reuse and summarize, {reason: count} of the others)."""
+    kept, ignored = [], {}
+    for row in rows:
+        ok, why = reusable(row, current, reuse_from)
+        if ok:
+            kept.append(row)
+        else:
+            ignored[why] = ignored.get(why, 0) + 1
+    return kept, ignored
+
+
 def main(argv):
     del argv
-    import keras
     import keras_gap as kg
     if FLAGS.quick:
-        FLAGS.train_size, FLAGS.val_size, FLAGS.seeds = 2000, 500, 1
-        FLAGS.epochs, FLAGS.sparsities, FLAGS.rounds = ["3"], ["0.9"], 1
+        _common.apply_quick({"train_size": 2000, "val_size": 500, "seeds": 1,
+                             "epochs": ["3"], "sparsities": ["0.9"], "rounds": 1})
     os.makedirs(FLAGS.output_dir, exist_ok=True)
-    stem = os.path.join(FLAGS.output_dir, "gap_vs_baselines" + ("_quick" if FLAGS.quick else ""))
+    stem = os.path.join(FLAGS.output_dir, FLAGS.results_name + ("_quick" if FLAGS.quick else ""))
     cache_path = stem + "_runs.jsonl"
     variants = ["dense"] * FLAGS.dense + list(FLAGS.variants)
     for v in variants:
         parse_variant(v)
-    runs = load_cache(cache_path)
+    current = _common.provenance()
+    print(f"code: {_common.commit_label(current)}; cached runs reused: --reuse_from="
+          f"{FLAGS.reuse_from}", flush=True)
+    runs, ignored = select_cache(load_cache(cache_path), current, FLAGS.reuse_from)
+    if ignored:
+        print(f"{cache_path}: ignoring {sum(ignored.values())} cached run(s) (not rerun "
+              "from, not summarized): " + "; ".join(f"{n} with {why}"
+                                                   for why, n in sorted(ignored.items()))
+              + ". --reuse_from=flags or =any uses them.", flush=True)
     done = {run_key(r) for r in runs}
     if not FLAGS.report_only:
         x, y = kg.datasets.load_numpy("fashion_mnist", "train",
@@ -327,6 +386,7 @@ def main(argv):
         for i, (variant, sparsity, seed, epochs) in enumerate(configs):
             result = run_one(variant, sparsity, seed, data, epochs)
             result["command"] = "python " + " ".join(sys.argv)
+            result["provenance"] = _common.provenance()
             runs.append(result)
             with open(cache_path, "a") as f:
                 f.write(json.dumps(result) + "\n")
@@ -336,17 +396,25 @@ def main(argv):
                   f"({result['train_seconds']:.0f}s; {time.time() - t0:.0f}s total)",
                   flush=True)
     if not runs:
-        sys.exit(f"No runs in {cache_path}.")
+        sys.exit(f"No usable runs in {cache_path} (--reuse_from={FLAGS.reuse_from}"
+                 + (f"; ignored: {ignored}" if ignored else "") + ").")
+    commits = {}
+    for r in runs:
+        label = _common.commit_label(r.get("provenance"))
+        commits[label] = commits.get(label, 0) + 1
     meta = {"date": time.strftime("%Y-%m-%d"),
             "commands": ", ".join(sorted({f"`{r['command']}`" for r in runs
                                           if r.get("command")})),
             "machine": f"{cpu_name()}, {os.cpu_count()} cores (shared with other jobs), "
-                       f"keras {keras.__version__} ({keras.backend.backend()})",
+                       f"keras {current['versions']['keras']} ({current['backend']})",
             "train_size": FLAGS.train_size, "val_size": FLAGS.val_size,
             "batch_size": FLAGS.batch_size, "partitions": FLAGS.partitions,
             "rounds": FLAGS.rounds, "peak_lr": FLAGS.peak_lr, "warmup": FLAGS.warmup,
             "hot_factor": FLAGS.hot_factor,
-            "train_seconds_total": sum(r["train_seconds"] for r in runs)}
+            "train_seconds_total": sum(r["train_seconds"] for r in runs),
+            "reuse_from": FLAGS.reuse_from, "commits": commits,
+            "provenance_line": _common.provenance_line([r.get("provenance") for r in runs]),
+            "provenance": current}
     summary = summarize(runs)
     write_results(runs, summary, meta, stem)
     print(open(stem + ".md").read())

@@ -28,7 +28,8 @@ materialized latency >= 1.7x faster than dense.
 
 This script shares benchmarks/structured.py's data and training flags
 (--train_images, --val_images, --test_images, --epochs, --seeds,
---batch_size, --learning_rate, --latency_runs, --quick, --output_dir).
+--batch_size, --learning_rate, --latency_runs, --quick, --output_dir;
+benchmarks/_common.py) and its channel GMP / C-GaP set-up (benchmarks/_models.py).
 
 Usage:
     KERAS_BACKEND=tensorflow python benchmarks/growing.py --seeds 2 --train_images 6000
@@ -37,7 +38,6 @@ Usage:
 Writes benchmarks/results/growing.{json,md} (``--results_name`` for another stem).
 """
 
-import datetime
 import json
 import math
 import os
@@ -53,12 +53,16 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from absl import app, flags  # noqa: E402
 
-import structured  # noqa: E402  (its flags: data, epochs, seeds, latency)
+import _common  # noqa: E402
 from _machine import machine_info  # noqa: E402
+from _models import PRUNE_FRACTION, accuracy, channel_pruned, fashion_splits  # noqa: E402
 from _timing import time_tflite  # noqa: E402
 from growing_resnet import build_space  # noqa: E402
 
 FLAGS = flags.FLAGS
+_common.define_fashion_training_flags(
+    "smoke test: one seed, 256 images, 2 epochs (flags given on the command line override "
+    "these sizes)")
 flags.DEFINE_list("budgets", ["0.5", "0.25"], "growing FLOPs budgets")
 flags.DEFINE_float("seed_channels", 0.25, "growing: channels on at the start")
 flags.DEFINE_integer("blocks", 2, "residual blocks per stage of the space")
@@ -73,7 +77,7 @@ def train(method, seed, data, budget=None, sparsity=None):
     import keras_gap as kg
 
     (x, y), (xv, yv), (xt, yt) = data
-    keras.utils.set_random_seed(seed)
+    _common.set_seed(seed)  # initializers and fit's shuffling
     steps = -(-len(x) // FLAGS.batch_size) * FLAGS.epochs
     space = build_space(blocks=FLAGS.blocks)
     callbacks, cost = [], kg.TrainingCost()
@@ -82,12 +86,13 @@ def train(method, seed, data, budget=None, sparsity=None):
                                      target=kg.growing.Budget(flops=budget), seed=seed)
         callbacks = [kg.growing.GrowingCallback(final_temperature=FLAGS.final_temperature)]
     elif method == "cgap_unstructured":
-        per_step = max(int(structured.PRUNE_FRACTION * steps) // 4, 1)
+        per_step = max(int(PRUNE_FRACTION * steps) // 4, 1)
         model = kg.prune_gap(space, target_sparsity=sparsity, num_partitions=2, rounds=2,
-                             steps_per_step=per_step, finetune_steps=steps - 4 * per_step)
+                             steps_per_step=per_step, finetune_steps=steps - 4 * per_step,
+                             seed=seed)
         callbacks = [kg.GaPCallback(verbose=0), cost]
     else:
-        model, callbacks = structured.wrap(space, method, sparsity, steps)
+        model, callbacks = channel_pruned(space, method, sparsity, steps, seed)
         callbacks = callbacks + [cost]
     model.compile(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(
         FLAGS.learning_rate, steps)),
@@ -105,11 +110,11 @@ def train(method, seed, data, budget=None, sparsity=None):
         final, train_ratio = kg.materialize(kg.strip_pruning(model)), cost.relative
     flops = kg.flops_report(final)
     row = {"method": method, "budget": budget, "sparsity": sparsity, "seed": seed,
-           "test_accuracy": structured.accuracy(final, xt, yt),
-           "val_accuracy": structured.accuracy(final, xv, yv),
+           "test_accuracy": accuracy(final, xt, yt),
+           "val_accuracy": accuracy(final, xv, yv),
            "params": final.count_params(), "macs": flops.macs,
            "nonzero_macs": flops.nonzero_macs, "train_macs_ratio": train_ratio,
-           "train_seconds": round(seconds, 1)}
+           "train_seconds": round(seconds, 1), "weights": _common.weights_fingerprint(final)}
     if method == "growing":
         row["history"] = {k: [float(v) for v in vs] for k, vs in history.history.items()}
     return row, final
@@ -160,8 +165,10 @@ def markdown(result):
            "sqrt(MACs ratio of growing at the first budget)). "
            if cfg["matched_sparsity"] == cfg["matched_sparsity"] else "") +
         "Accuracy and MACs are the materialized model's; TFLite latency is the median of "
-        f"{cfg['latency_runs']} runs (one thread, batch 1, seed 0's model). Total wall time "
+        f"{cfg['latency_runs']} runs (one thread, batch 1, seed "
+        f"{cfg.get('first_seed', 0)}'s model). Total wall time "
         f"{result['wall_minutes']:.1f} min.", "",
+        _common.provenance_line(result.get("provenance")), "",
         "| method | test acc (mean ± std) | vs dense | val acc | params | MACs | MACs vs dense "
         "| train MACs vs dense | TFLite ms | TFLite speed-up |",
         "|---|---|---|---|---|---|---|---|---|---|"]
@@ -190,13 +197,12 @@ def main(argv):
     console.quiet_third_party()
 
     if FLAGS.quick:
-        FLAGS.seeds, FLAGS.train_images, FLAGS.val_images = 1, 256, 128
-        FLAGS.test_images, FLAGS.epochs, FLAGS.latency_runs = 256, 2, 10
+        _common.apply_quick({"seeds": 1, "train_images": 256, "val_images": 128,
+                             "test_images": 256, "epochs": 2, "latency_runs": 10})
     start = time.perf_counter()
-    x, y = kg.datasets.load_numpy("fashion_mnist", "train")
-    xt, yt = kg.datasets.load_numpy("fashion_mnist", "test", limit=FLAGS.test_images)
-    data = ((x[:FLAGS.train_images], y[:FLAGS.train_images]),
-            (x[-FLAGS.val_images:], y[-FLAGS.val_images:]), (xt, yt))
+    prov = _common.provenance()
+    data = fashion_splits(FLAGS.train_images, FLAGS.val_images, FLAGS.test_images)
+    xt = data[2][0]
     x1, x64 = xt[:1].astype("float32"), xt[:64].astype("float32")
     rows, lat = [], {}
     budgets = [float(b) for b in FLAGS.budgets]
@@ -204,14 +210,14 @@ def main(argv):
 
     with tempfile.TemporaryDirectory(prefix="kg_growing_") as workdir:
         def run(label, method, **kw):
-            for seed in range(FLAGS.seeds):
+            for seed in range(FLAGS.first_seed, FLAGS.first_seed + FLAGS.seeds):
                 row, final = train(method, seed, data, **kw)
                 row["label"] = label
                 rows.append(row)
                 print(f"{label:22s} seed {seed}: test {row['test_accuracy']:.4f} params "
                       f"{row['params']:,} MACs {row['macs']:,} train MACs "
                       f"{row['train_macs_ratio']:.2f}x ({row['train_seconds']} s)", flush=True)
-                if seed == 0:
+                if seed == FLAGS.first_seed:
                     path = os.path.join(workdir, label + ".tflite")
                     kg.export.to_tflite(final, path, sparse=False, sample_inputs=x64[:8])
                     lat[label] = time_tflite(path, x1, FLAGS.latency_runs)
@@ -228,8 +234,8 @@ def main(argv):
             run(f"gmp_{matched:g}", "gmp", sparsity=matched)
             run(f"cgap_{matched:g}", "cgap", sparsity=matched)
             run("cgap_unstructured_0.9", "cgap_unstructured", sparsity=0.9)
-    result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "machine": machine_info(), "keras": keras.__version__,
+    result = {"date": prov["date"], "provenance": prov, "machine": machine_info(),
+              "keras": keras.__version__,
               "backend": keras.backend.backend(), "keras_gap": kg.__version__,
               "config": {"train_images": FLAGS.train_images, "val_images": FLAGS.val_images,
                          "test_images": len(xt), "epochs": FLAGS.epochs,
@@ -237,7 +243,8 @@ def main(argv):
                          "learning_rate": FLAGS.learning_rate, "blocks": FLAGS.blocks,
                          "budgets": budgets, "seed_channels": FLAGS.seed_channels,
                          "matched_sparsity": matched if matched is not None else float("nan"),
-                         "latency_runs": FLAGS.latency_runs, "quick": FLAGS.quick},
+                         "first_seed": FLAGS.first_seed, "latency_runs": FLAGS.latency_runs,
+                         "quick": FLAGS.quick},
               "rows": rows, "latency": lat, "summary": summarize(rows, lat),
               "wall_minutes": (time.perf_counter() - start) / 60}
     os.makedirs(FLAGS.output_dir, exist_ok=True)

@@ -31,7 +31,7 @@ Usage:
 Results: benchmarks/results/pgap_parallel.{json,md}.
 """
 
-import datetime
+import functools
 import json
 import os
 import sys
@@ -43,7 +43,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from absl import app, flags  # noqa: E402
 
+import _common  # noqa: E402
 from _machine import machine_info  # noqa: E402
+from _models import KEEP_DENSE, fashion_cnn  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("train_limit", 30000, "Fashion-MNIST training examples.")
@@ -55,30 +57,23 @@ flags.DEFINE_integer("epochs_per_step", 1, "Epochs each copy trains per round.")
 flags.DEFINE_integer("finetune", 1, "Fine-tuning epochs.")
 flags.DEFINE_float("sparsity", 0.9, "Target sparsity.")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
-flags.DEFINE_integer("seed", 0, "Seed (weights, masks, shuffling).")
-flags.DEFINE_bool("quick", False, "Tiny sizes (smoke run).")
+flags.DEFINE_integer("seed", 0, "Seed (initial weights, GaP's initial masks, shuffling; "
+                     "Ray copy j of a round: seed + its GaP step).")
+flags.DEFINE_bool("quick", False, "Tiny sizes (smoke run; flags given on the command line "
+                  "override them).")
+flags.DEFINE_bool("ray", True, "Also run P-GaP on Ray workers (--noray: in-process only).")
 flags.DEFINE_string("output_dir", os.path.join(os.path.dirname(__file__), "results"),
                     "Where results are written.")
 
-KEEP_DENSE = ("conv1", "logits")
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def build():
-    """The compiled Fashion-MNIST CNN (runs on the driver and on every worker)."""
+def build(seed):
+    """The compiled Fashion-MNIST CNN, initialized from ``seed`` (runs on the driver
+    and on every worker: the same weights everywhere)."""
     import keras
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input((28, 28, 1)),
-        keras.layers.Rescaling(1 / 255.0),
-        keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv1"),
-        keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="conv2"),
-        keras.layers.MaxPooling2D(),
-        keras.layers.Conv2D(64, 3, padding="same", activation="relu", name="conv3"),
-        keras.layers.MaxPooling2D(),
-        keras.layers.Flatten(),
-        keras.layers.Dense(128, activation="relu", name="fc1"),
-        keras.layers.Dense(10, name="logits"),
-    ], name="cnn")
+    keras.utils.set_random_seed(seed)
+    model = fashion_cnn(rescale=True)
     model.compile(keras.optimizers.Adam(1e-3),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
@@ -96,7 +91,7 @@ def in_process(cfg, data, test):
     import keras
 
     import keras_gap as kg
-    model = build()
+    model = build(cfg["seed"])
     pruned = kg.prune_gap(model, method="pgap", target_sparsity=cfg["sparsity"],
                           num_partitions=cfg["partitions"],
                           epochs_per_step=cfg["epochs_per_step"], rounds=cfg["rounds"],
@@ -113,7 +108,7 @@ def in_process(cfg, data, test):
             self.ends.append(time.time())
 
     clock = Clock()
-    keras.utils.set_random_seed(cfg["seed"])
+    _common.set_seed(cfg["seed"])  # fit's shuffling
     t0 = time.time()
     pruned.fit(x, y, batch_size=cfg["batch_size"], epochs=kg.gap_total_epochs(pruned),
                callbacks=[kg.GaPCallback(verbose=0), clock], verbose=0)
@@ -127,18 +122,22 @@ def in_process(cfg, data, test):
             "copy_seconds": [sum(epochs[i * eps:(i + 1) * eps])
                              for i in range(cfg["partitions"] * cfg["rounds"])],
             "finetune_seconds": sum(epochs[per_round * cfg["rounds"]:]),
-            "accuracy": float(acc), "sparsity": _sparsity(pruned)}
+            "accuracy": float(acc), "sparsity": _sparsity(pruned),
+            "weights": _common.weights_fingerprint(pruned)}
 
 
 def on_ray(cfg, data, test):
     import keras_gap as kg
     t0 = time.time()
     run = kg.gap.PGaPRunner(
-        build, data, target_sparsity=cfg["sparsity"], num_partitions=cfg["partitions"],
+        functools.partial(build, cfg["seed"]), data, target_sparsity=cfg["sparsity"],
+        num_partitions=cfg["partitions"],
         epochs_per_step=cfg["epochs_per_step"], rounds=cfg["rounds"],
         finetune_epochs=cfg["finetune"], num_workers=cfg["workers"],
         gap_kwargs={"keep_dense": KEEP_DENSE, "seed": cfg["seed"]},
-        fit_kwargs={"batch_size": cfg["batch_size"]}, seed=cfg["seed"], verbose=1)
+        fit_kwargs={"batch_size": cfg["batch_size"]}, seed=cfg["seed"], verbose=1,
+        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
+            [HERE] + [p for p in [os.environ.get("PYTHONPATH")] if p])}})  # _models
     t_fit = time.time()
     pruned = run.fit()
     total = time.time() - t0
@@ -150,7 +149,8 @@ def on_ray(cfg, data, test):
             "merge_seconds": [h["merge_seconds"] for h in run.history],
             "transfer_seconds": [h["transfer_seconds"] for h in run.history],
             "fit_seconds": time.time() - t_fit,
-            "accuracy": float(acc), "sparsity": _sparsity(pruned)}
+            "accuracy": float(acc), "sparsity": _sparsity(pruned),
+            "weights": _common.weights_fingerprint(pruned)}
 
 
 def _sparsity(model):
@@ -193,6 +193,8 @@ def write(results):
         f"cores; load average at start {results['machine']['load_average_at_start']}; "
         f"`uptime` at start: `{results['uptime_start']}`; at end: `{results['uptime_end']}`.",
         "No GPU run: this task had no device machine lent.",
+        "",
+        _common.provenance_line(results["provenance"]),
         "",
         f"Fashion-MNIST CNN, {cfg['train_limit']} training / {cfg['test_limit']} test "
         f"images, K={cfg['partitions']} partitions, {n} rounds x {cfg['epochs_per_step']} "
@@ -243,6 +245,15 @@ def write(results):
     print("\n".join(lines))
 
 
+def write_in_process_only(results):
+    """--noray: the in-process run alone (results json, no table)."""
+    os.makedirs(FLAGS.output_dir, exist_ok=True)
+    path = os.path.join(FLAGS.output_dir, "pgap_parallel_in_process.json")
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"wrote {path} (--noray: no Ray run, no table)")
+
+
 def _uptime():
     try:
         import subprocess
@@ -254,18 +265,22 @@ def _uptime():
 def main(argv):
     del argv
     if FLAGS.quick:
-        FLAGS.train_limit, FLAGS.test_limit = 1024, 512
+        _common.apply_quick({"train_limit": 1024, "test_limit": 512})
     cfg = {k: getattr(FLAGS, k) for k in ("train_limit", "test_limit", "partitions", "workers",
                                           "rounds", "epochs_per_step", "finetune", "sparsity",
                                           "batch_size", "seed")}
     import keras_gap as kg
     test = kg.datasets.load_numpy("fashion_mnist", "test", limit=cfg["test_limit"])
     data = make_data(cfg["train_limit"])
-    results = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               "machine": machine_info(), "uptime_start": _uptime(), "config": cfg}
+    prov = _common.provenance()
+    results = {"date": prov["date"], "machine": machine_info(), "uptime_start": _uptime(),
+               "config": cfg, "provenance": prov}
     print("in-process P-GaP ...", flush=True)
     results["in_process"] = in_process(cfg, data, test)
     print(json.dumps(results["in_process"]), flush=True)
+    if not FLAGS.ray:
+        write_in_process_only(results)
+        return
     print("P-GaP on Ray ...", flush=True)
     results["ray"] = on_ray(cfg, data, test)
     results["extrapolation"] = extrapolate(results["in_process"], results["ray"])

@@ -26,7 +26,6 @@ Usage:
 Writes benchmarks/results/prunability.{json,md}.
 """
 
-import datetime
 import json
 import os
 import time
@@ -37,6 +36,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags  # noqa: E402
 
+import _common  # noqa: E402
 from _machine import machine_info  # noqa: E402
 
 MODELS = [
@@ -93,7 +93,7 @@ def check(name, size, fraction, tolerance):
     import keras_gap as kg
 
     row = {"model": name, "input_size": size,
-           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+           "date": _common.utc_now(), "provenance": _common.provenance()}
     t0 = time.perf_counter()
     keras.utils.set_random_seed(0)
     try:
@@ -167,6 +167,7 @@ def markdown(result):
         "norm through `prune_low_magnitude(structure=\"channel\")` and one fit step at "
         "learning rate 0, stripped, materialized; outputs compared on 4 random inputs "
         f"(equal: max abs diff <= {result['tolerance']:g} x max(1, max |output|)).", "",
+        _common.provenance_line([r.get("provenance") for r in rows]), "",
         f"**{len(ok)} of {len(rows)} models materialize with equal outputs "
         f"({len(ok) / max(len(rows), 1):.0%}; goal >= 90%).**", "",
         "| model | status | groups (removable) | channels removed | params before -> after "
@@ -200,8 +201,9 @@ def main(argv):
     from keras_gap import console
     console.quiet_third_party()
 
-    result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "machine": machine_info(), "keras": keras.__version__,
+    prov = _common.provenance()
+    result = {"date": prov["date"], "provenance": prov, "machine": machine_info(),
+              "keras": keras.__version__,
               "backend": keras.backend.backend(), "keras_gap": kg.__version__,
               "input_size": FLAGS.input_size, "fraction": FLAGS.fraction,
               "tolerance": FLAGS.tolerance, "rows": []}

@@ -35,7 +35,6 @@ Usage:
 Writes benchmarks/results/structured.{json,md}.
 """
 
-import datetime
 import json
 import os
 import statistics
@@ -48,56 +47,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags  # noqa: E402
 
+import _common  # noqa: E402
 from _machine import machine_info  # noqa: E402
+from _models import PRUNE_FRACTION, accuracy, channel_pruned, fashion_splits  # noqa: E402
 from _timing import time_keras_predict, time_tflite  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
 from structured_resnet import build_model  # noqa: E402  (the example's ResNet)
 
 FLAGS = flags.FLAGS
-flags.DEFINE_bool("quick", False, "smoke test: one seed, 256 images, one epoch of 8 steps")
+_common.define_fashion_training_flags(
+    "smoke test: one seed, 256 images, one epoch of 8 steps (flags given on the command "
+    "line override these sizes)")
 flags.DEFINE_list("sparsities", ["0.5", "0.75"], "fractions of channels removed")
 flags.DEFINE_list("methods", ["gmp", "cgap"], "pruning methods (dense always runs)")
-flags.DEFINE_integer("seeds", 3, "seeds per configuration")
-flags.DEFINE_integer("train_images", 9000, "training images (the first N of the train split)")
-flags.DEFINE_integer("val_images", 2000, "validation images held out from the end of "
-                     "the train split")
-flags.DEFINE_integer("test_images", None, "test images (default: all 10,000)")
-flags.DEFINE_integer("epochs", 5, "training epochs for every method")
-flags.DEFINE_integer("batch_size", 64, "batch size")
-flags.DEFINE_float("learning_rate", 2e-3, "peak Adam learning rate (cosine decay)")
-flags.DEFINE_integer("latency_runs", 200, "timed runs per latency measurement")
-flags.DEFINE_string("output_dir", os.path.join(os.path.dirname(__file__), "results"),
-                    "where structured.{json,md} go")
-
-PRUNE_FRACTION = 0.6  # share of the steps spent pruning (GMP ramp, GaP steps)
-
-
-def wrap(model, method, sparsity, total_steps):
-    import keras_gap as kg
-    prune_steps = int(PRUNE_FRACTION * total_steps)
-    if method == "dense":
-        return model, []
-    if method == "gmp":
-        schedule = kg.PolynomialDecay(0.0, sparsity, begin_step=0, end_step=prune_steps,
-                                      frequency=max(prune_steps // 10, 1))
-        pruned = kg.prune_low_magnitude(model, pruning_schedule=schedule, structure="channel")
-        return pruned, [kg.UpdatePruningStep()]
-    if method == "cgap":
-        k, rounds = 2, 2
-        per_step = max(prune_steps // (k * rounds), 1)
-        pruned = kg.prune_gap(model, target_sparsity=sparsity, num_partitions=k,
-                              rounds=rounds, steps_per_step=per_step,
-                              finetune_steps=total_steps - k * rounds * per_step,
-                              structure="channel")
-        return pruned, [kg.GaPCallback(verbose=0)]
-    raise ValueError(f"unknown method {method!r}")
-
-
-def accuracy(model, x, y):
-    import numpy as np
-    return float((np.asarray(model.predict(x, batch_size=500, verbose=0)).argmax(-1)
-                  == y).mean())
 
 
 def train_one(method, sparsity, seed, data):
@@ -106,10 +69,10 @@ def train_one(method, sparsity, seed, data):
     import keras_gap as kg
 
     (x, y), (xv, yv), (xt, yt) = data
-    keras.utils.set_random_seed(seed)
+    _common.set_seed(seed)  # initializers and fit's shuffling
     steps_per_epoch = -(-len(x) // FLAGS.batch_size)
     total = steps_per_epoch * FLAGS.epochs
-    model, callbacks = wrap(build_model(), method, sparsity, total)
+    model, callbacks = channel_pruned(build_model(), method, sparsity, total, seed)
     cost = kg.TrainingCost()
     model.compile(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(
         FLAGS.learning_rate, total)),
@@ -126,7 +89,8 @@ def train_one(method, sparsity, seed, data):
            "test_accuracy": accuracy(final, xt, yt), "val_accuracy": accuracy(final, xv, yv),
            "params": final.count_params(), "macs": kg.flops_report(final).macs,
            "train_macs_ratio": cost.relative, "train_seconds": round(seconds, 1),
-           "channels_removed": (int(sum(report.removed.values())) if report else 0)}
+           "channels_removed": (int(sum(report.removed.values())) if report else 0),
+           "weights": _common.weights_fingerprint(final)}
     return row, final
 
 
@@ -182,8 +146,10 @@ def markdown(result):
         f"{cfg['epochs']} epochs at batch {cfg['batch_size']} for every method, "
         f"{cfg['seeds']} seed(s); pruning over the first {PRUNE_FRACTION:.0%} of the steps, "
         "then fine-tuning. Accuracy is the materialized model's; latency is the median "
-        f"of {cfg['latency_runs']} runs (seed 0's model), speed-up = dense ms / model ms. "
+        f"of {cfg['latency_runs']} runs (seed {cfg.get('first_seed', 0)}'s model), "
+        "speed-up = dense ms / model ms. "
         f"Total wall time {result['wall_minutes']:.1f} min on a shared machine.", "",
+        _common.provenance_line(result.get("provenance")), "",
         "| method | channels removed | test acc (mean ± std) | vs dense | val acc | params "
         "| MACs | MAC reduction | train MACs vs dense | Keras b1 speed-up "
         "| Keras b64 speed-up | TFLite b1 speed-up | TFLite speed-up / MAC reduction |",
@@ -212,41 +178,39 @@ def main(argv):
     from keras_gap import console
     console.quiet_third_party()
 
-    if FLAGS.quick:
-        FLAGS.seeds, FLAGS.train_images, FLAGS.val_images = 1, 256, 128
-        FLAGS.test_images, FLAGS.epochs, FLAGS.latency_runs = 256, 1, 10
-        FLAGS.batch_size = 32  # 8 steps: room for the GaP steps and fine-tuning
+    if FLAGS.quick:  # batch 32: 8 steps, room for the GaP steps and fine-tuning
+        _common.apply_quick({"seeds": 1, "train_images": 256, "val_images": 128,
+                             "test_images": 256, "epochs": 1, "latency_runs": 10,
+                             "batch_size": 32})
     start = time.perf_counter()
-    x, y = kg.datasets.load_numpy("fashion_mnist", "train")
-    xt, yt = kg.datasets.load_numpy("fashion_mnist", "test", limit=FLAGS.test_images)
-    if FLAGS.train_images + FLAGS.val_images > len(x):
-        raise ValueError("--train_images + --val_images exceed the 60,000 training images")
-    data = ((x[:FLAGS.train_images], y[:FLAGS.train_images]),
-            (x[-FLAGS.val_images:], y[-FLAGS.val_images:]), (xt, yt))
+    prov = _common.provenance()
+    data = fashion_splits(FLAGS.train_images, FLAGS.val_images, FLAGS.test_images)
+    xt = data[2][0]
     configs = [("dense", 0.0)] + [(m, float(s)) for s in FLAGS.sparsities
                                   for m in FLAGS.methods]
     rows, lat = [], {}
     x1, x64 = xt[:1].astype("float32"), xt[:64].astype("float32")
     with tempfile.TemporaryDirectory(prefix="kg_structured_") as workdir:
         for method, s in configs:
-            for seed in range(FLAGS.seeds):
+            for seed in range(FLAGS.first_seed, FLAGS.first_seed + FLAGS.seeds):
                 row, final = train_one(method, s, seed, data)
                 rows.append(row)
                 print(f"{method:5s} {s:.2f} seed {seed}: test {row['test_accuracy']:.4f} "
                       f"val {row['val_accuracy']:.4f} params {row['params']:,} MACs "
                       f"{row['macs']:,} train MACs {row['train_macs_ratio']:.2f}x "
                       f"({row['train_seconds']} s)", flush=True)
-                if seed == 0:
+                if seed == FLAGS.first_seed:
                     lat[f"{method}_{s}"] = latency(final, x1, x64, workdir, f"{method}_{s}")
                 keras.backend.clear_session()
-    result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    result = {"date": prov["date"], "provenance": prov,
               "machine": machine_info(), "keras": keras.__version__,
               "backend": keras.backend.backend(), "keras_gap": kg.__version__,
               "config": {"train_images": FLAGS.train_images, "val_images": FLAGS.val_images,
                          "test_images": len(xt), "epochs": FLAGS.epochs,
                          "batch_size": FLAGS.batch_size, "seeds": FLAGS.seeds,
                          "learning_rate": FLAGS.learning_rate,
-                         "latency_runs": FLAGS.latency_runs, "quick": FLAGS.quick},
+                         "first_seed": FLAGS.first_seed, "latency_runs": FLAGS.latency_runs,
+                         "quick": FLAGS.quick},
               "rows": rows, "summary": summarize(rows, lat),
               "wall_minutes": (time.perf_counter() - start) / 60}
     os.makedirs(FLAGS.output_dir, exist_ok=True)

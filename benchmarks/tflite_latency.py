@@ -15,7 +15,6 @@ Usage:
 Writes benchmarks/results/tflite_latency.{json,md}.
 """
 
-import datetime
 import json
 import os
 import tempfile
@@ -25,6 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags  # noqa: E402
 
+import _common  # noqa: E402
 from _machine import machine_info  # noqa: E402
 from _timing import time_tflite  # noqa: E402
 
@@ -111,12 +111,7 @@ def export_and_measure(model, name, quantize, calib, x1, x64, runs_b1, runs_b64,
 
 
 def versions():
-    import keras
-    import tensorflow as tf
-
-    import keras_gap
-    out = {"tensorflow": tf.__version__, "keras": keras.__version__,
-           "keras_gap": keras_gap.__version__}
+    out = _common.versions()
     try:
         from importlib.metadata import version
         out["ai_edge_litert"] = version("ai-edge-litert")
@@ -146,6 +141,8 @@ def markdown(result):
         f"Date: {result['date']}. Machine: {m['cpu']}, {m['logical_cores']} logical cores "
         f"({', '.join(m['simd'])}). Versions: " + ", ".join(
             f"{k} {v}" for k, v in result["versions"].items()) + ".",
+        "",
+        _common.provenance_line(result.get("provenance")),
         "",
         "One interpreter thread, median of "
         f"{result['runs_b1']} runs at batch 1 and {result['runs_b64']} at batch 64. "
@@ -242,8 +239,9 @@ def main(argv):
             cnn_rows.append(row)
         speedups(cnn_rows)
 
+    prov = _common.provenance()
     result = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "date": prov["date"], "provenance": prov,
         "machine": machine_info(), "versions": versions(),
         "note": "Shared machine: other processes may have been running during the "
                 "measurements. One interpreter thread.",
