@@ -31,7 +31,7 @@ flags.DEFINE_integer("finetune_epochs", 2, "Epochs of the final fine-tuning phas
 flags.DEFINE_enum("method", "cgap", ["cgap", "pgap"], "Cyclic or parallel GaP.")
 flags.DEFINE_string("partitioning", "balanced", "sequential | balanced | random.")
 flags.DEFINE_string("distribution", "uniform", "uniform | erk | global.")
-flags.DEFINE_enum("reset_optimizer", "all", ["regrown", "all", "none"],
+flags.DEFINE_enum("reset_optimizer", "all", ["fresh", "all", "none"],
                   "Optimizer state reset at each GaP boundary.")
 flags.DEFINE_integer("limit", None, "Use only the first N training images (smoke tests).")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")

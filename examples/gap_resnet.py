@@ -49,7 +49,7 @@ flags.DEFINE_integer("finetune_epochs", 2, "Epochs of the final fine-tuning phas
 flags.DEFINE_enum("method", "cgap", ["cgap", "pgap"], "Cyclic or parallel GaP.")
 flags.DEFINE_enum("distribution", "uniform", ["uniform", "erk", "global"],
                   "Per-layer sparsity distribution.")
-flags.DEFINE_enum("reset_optimizer", "all", ["regrown", "all", "none"],
+flags.DEFINE_enum("reset_optimizer", "all", ["fresh", "all", "none"],
                   "Optimizer state reset at each GaP boundary.")
 flags.DEFINE_float("learning_rate", 0.05, "Peak learning rate (SGD, momentum 0.9, cosine).")
 flags.DEFINE_float("weight_decay", 5e-4, "Decoupled weight decay.")

@@ -59,7 +59,7 @@ flags.DEFINE_integer("finetune_epochs", 2, "Epochs of the final fine-tuning phas
 flags.DEFINE_enum("method", "cgap", ["cgap", "pgap"], "Cyclic or parallel GaP.")
 flags.DEFINE_enum("distribution", "uniform", ["uniform", "erk", "global"],
                   "Per-layer sparsity distribution.")
-flags.DEFINE_enum("reset_optimizer", "all", ["regrown", "all", "none"],
+flags.DEFINE_enum("reset_optimizer", "all", ["fresh", "all", "none"],
                   "Optimizer state reset at each GaP boundary.")
 flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate (AdamW, cosine decay).")
 flags.DEFINE_integer("limit", None, "Use only the first N training images (smoke tests).")

@@ -21,6 +21,7 @@ from keras_gap import (criteria, datasets, distributions, export, gradients, mas
                        registry, structured)
 from keras_gap import growing  # noqa: E402
 from keras_gap.callbacks import PruningSummaries, UpdatePruningStep
+from keras_gap.optimizer_wrappers import MaskedOptimizer
 from keras_gap.gap import (GaPCallback, GaPPruningSchedule, gap_partitions,
                            gap_total_epochs, prune_gap)
 from keras_gap.prune import prune_low_magnitude, prune_scope, strip_pruning
@@ -35,7 +36,8 @@ from keras_gap.wrapper import PruneLowMagnitude
 __version__ = "0.1.0"
 
 __all__ = [
-    "ConstantSparsity", "FlopsReport", "GaPCallback", "GaPPruningSchedule", "PolynomialDecay",
+    "ConstantSparsity", "FlopsReport", "GaPCallback", "GaPPruningSchedule", "MaskedOptimizer",
+    "PolynomialDecay",
     "PrunableLayer", "PruneForLatencyOnXNNPack", "PruneLowMagnitude", "PruningPolicy",
     "PruningSchedule", "PruningSummaries", "SparsityReport",
     "TrainingCost", "UpdatePruningStep", "channel_groups", "criteria", "datasets",

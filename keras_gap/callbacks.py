@@ -15,6 +15,7 @@ from keras import ops
 
 from keras_gap import gradients as gradients_lib
 from keras_gap import optimizer_state
+from keras_gap import optimizer_wrappers
 from keras_gap import pruning_groups
 from keras_gap.console import LogFraction
 from keras_gap.wrapper import collect_wrappers, missing_callback_error
@@ -33,7 +34,7 @@ def overall_sparsity(wrappers):
 _STASH = "_keras_gap_train_function"
 
 
-def _stash_train_function(model, reusable=True):
+def _stash_train_function(model, reusable=True, masking=None):
     """Puts a guard in place of the compiled training step until the next
     UpdatePruningStep.
 
@@ -47,7 +48,10 @@ def _stash_train_function(model, reusable=True):
     stash = None
     if reusable and model.train_function is not None \
             and not getattr(model.train_function, "_keras_gap_guard", False):
-        stash = (model.train_function, model.optimizer, getattr(model, "_compile_loss", None))
+        # ``masking``: the MaskedOptimizer the step was traced with, put back
+        # in front of the compiled optimizer by the next fit.
+        stash = (model.train_function, model.optimizer, getattr(model, "_compile_loss", None),
+                 masking)
     object.__setattr__(model, _STASH, stash)  # not tracked as model state
 
     def missing_callback_guard(*args, **kwargs):
@@ -80,6 +84,8 @@ def _restore_train_function(model):
     object.__setattr__(model, _STASH, None)
     if stash and stash[1] is model.optimizer and stash[2] is getattr(model, "_compile_loss", None):
         model.train_function = stash[0]
+        if stash[3] is not None:
+            model.optimizer = stash[3]
     elif getattr(model.train_function, "_keras_gap_guard", False):
         model.train_function = None
         model.make_train_function()
@@ -89,10 +95,22 @@ class UpdatePruningStep(keras.callbacks.Callback):
     """Advances pruning and updates masks on schedule. Required for training.
 
     Masks are updated eagerly at the start of a batch whose step the layer's
-    schedule selects; the compiled training step itself only applies them.
+    schedule selects; inside the compiled training step the optimizer,
+    wrapped in `keras_gap.MaskedOptimizer` at the start of the first fit,
+    multiplies the pruned weights by their masks after every update, so
+    masked weights are exactly zero after every step whatever the optimizer.
     Steps are numbered as in tf-mot: the first training batch is step 1, so
     ``ConstantSparsity(0.5, begin_step=0, frequency=100)`` first prunes at the
     100th batch (``wrapper.pruning_step`` holds the number of batches run).
+    The callback counts batches (not layer calls: a shared layer counts one
+    step per batch).
+
+    With ``compile(steps_per_execution=k)`` several steps run in one call of
+    the compiled step and masks can only change between calls: an update
+    scheduled at the first step of an execution is applied exactly; one
+    scheduled inside an execution is applied at that execution's end (before
+    the next execution, the validation at the end of the epoch, or the end of
+    fit), up to k - 1 steps late. A warning says so once.
     Adds ``sparsity`` (overall fraction of masked-out prunable weights) to the
     batch and epoch logs.
 
@@ -108,7 +126,10 @@ class UpdatePruningStep(keras.callbacks.Callback):
         self.step = 0
         self.wrappers = []
         self.sparsity = 0.0
-        self._steps_per_execution = 1
+        self._masking = None
+        self._in_fit = False
+        self._warned_execution = False
+        self.set_step(0)
 
     # `self.model` syncs JAX state (needed before editing variables); reading
     # the plain attribute avoids that cost on batches where nothing changes.
@@ -133,12 +154,121 @@ class UpdatePruningStep(keras.callbacks.Callback):
                     "(call it on data or give it an Input) before fit.")
             w.step_callback_active = True
         self._recover_from_failed_fit(model)
-        self.step = int(ops.convert_to_numpy(self.wrappers[0].pruning_step))
         _restore_train_function(model)
+        # In fit (Keras set params) the optimizer is wrapped so the compiled
+        # step keeps masked weights at 0; a custom loop calls its own
+        # optimizer, so there the callback re-masks eagerly before each step.
+        self._in_fit = bool(self.params)
+        self._masking = self._attach_masking(model) if self._in_fit else None
+        self.set_step(int(ops.convert_to_numpy(self.wrappers[0].pruning_step)))
+        for w in self.wrappers:
+            object.__setattr__(w, "_step_source", self)  # live step for saves
         self._steps_per_execution = int(getattr(model, "steps_per_execution", 1) or 1)
         self.sparsity = overall_sparsity(self.wrappers)
         self._setup_groups(model)
         self._channel_plan = pruning_groups.channel_plan(model, self.wrappers)
+
+    # Step bookkeeping -----------------------------------------------------------
+    def set_step(self, step):
+        """Sets the number of training steps already run (``pruning_step``).
+
+        Args:
+            step: int >= 0; the next batch is step ``step + 1``.
+
+        Returns:
+            None. Schedules are evaluated from step ``step + 1`` on.
+        """
+        self.step = int(step)
+        self._processed = self.step   # schedule steps <= this were handled
+        self._fit_start = self.step
+        self._epoch_start = self.step
+        self._open = False            # a custom loop's step has begun
+        masking = getattr(self, "_masking", None)  # its count when this one was set
+        self._masking_start = masking.steps if masking is not None else None
+        for w in getattr(self, "wrappers", []):
+            if w.built:
+                w.pruning_step.assign(self.step)
+
+    def current_step(self):
+        """Training steps run so far in this fit (exact; reads the device when needed).
+
+        Returns:
+            int: the batches run, counted once per batch.
+        """
+        if self._masking is not None and self._masking_start is not None:
+            return self._fit_start + self._masking.steps - self._masking_start
+        return self.step + (1 if self._open else 0)
+
+    def _attach_masking(self, model):
+        """Wraps the compiled optimizer in a `MaskedOptimizer` (once).
+
+        Returns the `MaskedOptimizer` of ``model`` (None when the model has no
+        optimizer: nothing can be enforced inside the step).
+        """
+        optimizer = getattr(model, "optimizer", None)
+        if optimizer is None:
+            return None
+        pairs = [(v, m, w) for w in self.wrappers for v, m in zip(w.pruned_weights, w.masks)]
+        masking = optimizer_wrappers.find_in_chain(optimizer, optimizer_wrappers.MaskedOptimizer)
+        if masking is None or (masking.built and not masking.covers(
+                [p for p in pairs if p[0].trainable])):
+            if masking is not None:  # the pruned weights changed: wrap afresh
+                optimizer = masking.inner_optimizer
+            with gradients_lib._strategy_scope(model):  # MirroredStrategy: mirrored copies
+                masking = optimizer_wrappers.MaskedOptimizer(optimizer)
+                masking.bind(pairs)
+                masking.build(model.trainable_variables)
+            model.optimizer = masking
+            model.train_function = None
+            model.make_train_function()
+        else:
+            masking.bind(pairs)
+            if not masking.built:
+                with gradients_lib._strategy_scope(model):
+                    masking.build(model.trainable_variables)
+        masking.sync()
+        return masking
+
+    def _sync_masking(self):
+        """Copies changed masks into the optimizer (between steps)."""
+        if self._masking is not None and self._masking.stale():
+            self.model  # JAX: sync the trainer state before assigning
+            self._masking.sync()
+
+    def _warn_if_updates_fall_inside_executions(self):
+        k = self._steps_per_execution
+        self._warned_execution = True
+        if k <= 1:
+            return
+        warnings.warn(
+            f"steps_per_execution={k}: masks change only between executions of the "
+            f"compiled step, so a pruning update scheduled inside an execution is "
+            f"applied at its end (up to {k - 1} steps late). Schedule updates at steps "
+            f"1, 1 + {k}, 1 + {2 * k}, ... to have them exact.", stacklevel=3)
+
+    def _schedule_until(self, last):
+        """Runs the schedule for every step not yet handled, up to ``last``."""
+        first = self._processed + 1
+        if last < first:
+            return
+        self._processed = last
+        self._run_schedule(first, last)
+
+    def _run_schedule(self, first, last):
+        """Mask updates due at steps ``first..last`` (the latest one per layer)."""
+        due = []
+        for w in self.wrappers:
+            chosen = None
+            for step in range(first, last + 1):
+                should_prune, sparsity = w.pruning_schedule(step)
+                # N:M masks are set at step 1 whatever the schedule (tf-mot), and
+                # recomputed at the schedule's updates.
+                if should_prune or (step == 1 and w.sparsity_m_by_n is not None):
+                    chosen = sparsity
+            if chosen is not None:
+                due.append((w, chosen))
+        if due:
+            self.update_masks(due)
 
     def _recover_from_failed_fit(self, model):
         """After a fit without the callback failed while tracing the training step.
@@ -208,25 +338,44 @@ class UpdatePruningStep(keras.callbacks.Callback):
     # results (a forced device sync per batch cost ~15% on a small MLP).
     async_safe = True
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = self.step
+
     def on_train_batch_begin(self, batch, logs=None):
         # tf-mot's numbering: the batch about to run is step ``self.step + 1``
-        # (the first training batch is step 1; ``pruning_step`` counts the
-        # batches already run).
-        step = self.step + 1
-        due = []
-        for w in self.wrappers:
-            should_prune, sparsity = w.pruning_schedule(step)
-            # N:M masks are set at step 1 whatever the schedule (tf-mot), and
-            # recomputed at the schedule's updates.
-            if should_prune or (step == 1 and w.sparsity_m_by_n is not None):
-                due.append((w, sparsity))
-        if due:
-            self.update_masks(due)
-        self._advance()
+        # (the first training batch is step 1). In fit, ``batch`` is the index
+        # of the execution's first batch in the epoch; a custom loop (tf-mot's
+        # guide passes batch=-1) runs one step per call.
+        if self._in_fit and isinstance(batch, int) and batch >= 0:
+            self.step = self._epoch_start + batch
+            if not self._warned_execution:
+                self._warn_if_updates_fall_inside_executions()
+        else:
+            self.step += 1 if self._open else 0
+            self._open = True
+        self._schedule_until(self.step + 1)
+        if self._masking is None:
+            self._remask()  # the step's own optimizer cannot be wrapped: re-mask now
+        else:
+            self._sync_masking()
 
-    def _advance(self):
-        """Counts the batch about to run (mirrors the in-graph step counter)."""
-        self.step += self._steps_per_execution
+    def _remask(self):
+        self.model  # JAX: sync the trainer state before editing variables
+        for w in self.wrappers:
+            w.apply_masks()
+
+    def _close_steps(self):
+        """Brings the count up to date after the last execution; returns it."""
+        self.model  # JAX: sync the trainer state (reads the optimizer's step count)
+        self.step = self.current_step()
+        self._open = False
+        if self._masking_start is not None:
+            self._fit_start, self._masking_start = self.step, self._masking.steps
+        self._epoch_start = self.step
+        self._schedule_until(self.step)  # updates that fell inside the last execution
+        for w in self.wrappers:
+            w.pruning_step.assign(self.step)
+        return self.step
 
     def update_masks(self, due):
         """Recomputes the masks of ``[(wrapper, sparsity)]`` now (eagerly).
@@ -267,6 +416,7 @@ class UpdatePruningStep(keras.callbacks.Callback):
         for wrapper, _ in due:
             for weight, mask in zip(wrapper.pruned_weights, wrapper.masks):
                 optimizer_state.mask_slots(model.optimizer, weight, mask)
+        self._sync_masking()
         self.sparsity = overall_sparsity(self.wrappers)
         return self.sparsity
 
@@ -277,17 +427,18 @@ class UpdatePruningStep(keras.callbacks.Callback):
     def on_epoch_end(self, batch=None, logs=None, epoch=None):
         """End of an epoch; tf-mot's signature, so ``on_epoch_end(batch=-1)``
         works in a custom training loop (the first argument is the epoch)."""
-        # Re-read the in-graph counter once per epoch (exact even with
-        # steps_per_execution > 1 and a short last execution).
-        model = self._require_model("on_epoch_end")  # JAX: syncs the trainer state
+        # The exact count (the optimizer's, even with steps_per_execution > 1
+        # and a short last execution) is written to every wrapper here.
+        self._require_model("on_epoch_end")  # JAX: syncs the trainer state
         if not self.wrappers:
             return
-        self.step = int(ops.convert_to_numpy(self.wrappers[0].pruning_step))
-        if getattr(model, "optimizer", None) is None:
-            # A custom loop whose optimizer keras-gap cannot see (tf-mot's guide
-            # sets model.optimizer): masked entries may have moved; re-mask.
-            for w in self.wrappers:
-                w.apply_masks()
+        self._close_steps()
+        if self._masking is None:
+            # A custom loop whose optimizer keras-gap does not wrap: masked
+            # entries may have moved in the last step; re-mask.
+            self._remask()
+        else:
+            self._sync_masking()
         if logs is not None:
             logs["sparsity"] = LogFraction(self.sparsity)
 
@@ -303,13 +454,26 @@ class UpdatePruningStep(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if not self.wrappers:
             return
+        self._close_steps()
+        if self._masking is None:
+            self._remask()
         for w in self.wrappers:
             w.step_callback_active = False
+            object.__setattr__(w, "_step_source", None)
         if getattr(self, "_attached_recorder", False):
             self.model  # JAX: sync the trainer's state before swapping back.
             gradients_lib.detach_recorder(self._raw_model(), self._recorder)
             self._attached_recorder = False
-        _stash_train_function(self._raw_model(), reusable=not self._recorder)
+        model = self._raw_model()
+        masking = self._masking
+        if masking is not None and model.optimizer is masking:
+            # After fit ``model.optimizer`` is the optimizer the user compiled
+            # with; the next fit puts the same wrapper back (no retrace).
+            self.model  # JAX: sync the trainer's state before swapping back.
+            model.optimizer = masking.inner_optimizer
+        else:
+            masking = None
+        _stash_train_function(model, reusable=not self._recorder, masking=masking)
 
 
 class PruningSummaries(keras.callbacks.Callback):
@@ -379,7 +543,7 @@ class PruningSummaries(keras.callbacks.Callback):
         wrappers = collect_wrappers(self.model)
         if not wrappers:
             return {}
-        step = int(ops.convert_to_numpy(wrappers[0].pruning_step))
+        step = wrappers[0].current_step()
         values = {}
         for w in wrappers:
             for weight, (n, nz) in zip(w.pruned_weights, w.mask_counts()):

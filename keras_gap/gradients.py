@@ -17,6 +17,8 @@ one extra forward/backward pass on a given batch.
 import keras
 from keras import ops
 
+from keras_gap.optimizer_wrappers import OptimizerWrapper, find_in_chain
+
 _PACKAGE = "keras_gap"
 
 
@@ -25,7 +27,7 @@ def _key(variable):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class GradientRecorder(keras.optimizers.Optimizer):
+class GradientRecorder(OptimizerWrapper):
     """Optimizer wrapper that keeps the last gradients of chosen variables.
 
     Args:
@@ -56,8 +58,7 @@ class GradientRecorder(keras.optimizers.Optimizer):
                 or num_batches < 1):
             raise ValueError("`num_batches` must be an int >= 1; received "
                              f"{num_batches!r}.")
-        super().__init__(learning_rate=0.0, name=name)
-        self.inner_optimizer = keras.optimizers.get(inner_optimizer)
+        super().__init__(inner_optimizer, name=name)
         self.num_batches = num_batches
         self._selection = None if variables is None else [
             v if isinstance(v, str) else v.path for v in variables]
@@ -70,8 +71,6 @@ class GradientRecorder(keras.optimizers.Optimizer):
         return variable.path in self._selection
 
     def build(self, var_list):
-        if not self.inner_optimizer.built:
-            self.inner_optimizer.build(var_list)
         super().build(var_list)
         self._recorded_batches = self.add_variable(
             shape=(), dtype="int32", initializer="zeros", name="recorded_batches")
@@ -91,12 +90,8 @@ class GradientRecorder(keras.optimizers.Optimizer):
                     f"GradientRecorder was asked to record {missing}, which the "
                     "model's trainable variables do not include.")
 
-    @property
-    def variables(self):
-        return self._variables + self.inner_optimizer.variables
-
     # Recording --------------------------------------------------------------
-    def _record(self, grads):
+    def _before_apply(self, grads):
         slot = ops.mod(self._recorded_batches.value, self.num_batches)
         grads = _all_reduce_replica_gradients(grads)
         for index, buf in self._order:
@@ -107,37 +102,6 @@ class GradientRecorder(keras.optimizers.Optimizer):
             start = [slot] + [0] * (len(buf.shape) - 1)
             buf.assign(ops.slice_update(buf.value, start, g))
         self._recorded_batches.assign(self._recorded_batches.value + 1)
-
-    def apply(self, grads, trainable_variables=None):
-        if not self.built:
-            with keras.name_scope(self.name, caller=self):
-                self.build(trainable_variables)
-            self.built = True
-        grads = list(grads)
-        if trainable_variables is not None:
-            index = {_key(v): i for i, v in enumerate(trainable_variables)}
-            ordered = [None] * len(self._trainable_variables)
-            for j, v in enumerate(self._trainable_variables):
-                if _key(v) in index:
-                    ordered[j] = grads[index[_key(v)]]
-            self._record(ordered)
-        else:
-            self._record(grads)
-        self.inner_optimizer.apply(grads, trainable_variables=trainable_variables)
-
-    def stateless_apply(self, optimizer_variables, grads, trainable_variables):
-        if not self.built:
-            raise ValueError("GradientRecorder must be built before stateless_apply; "
-                             "call optimizer.build(model.trainable_variables).")
-        n_own = len(self._variables)
-        own, inner = list(optimizer_variables[:n_own]), list(optimizer_variables[n_own:])
-        with keras.StatelessScope(
-                state_mapping=list(zip(self._variables, own))) as scope:
-            self._record(grads)
-        own = [scope.get_current_value(v) for v in self._variables]
-        new_trainable, inner = self.inner_optimizer.stateless_apply(
-            inner, grads, trainable_variables)
-        return new_trainable, own + inner
 
     # Reading ----------------------------------------------------------------
     @property
@@ -171,43 +135,10 @@ class GradientRecorder(keras.optimizers.Optimizer):
         buf = self._buffers[_key(variable)]
         return ops.sum(buf[:seen], axis=0) / float(seen)
 
-    # Delegation -------------------------------------------------------------
-    @property
-    def learning_rate(self):
-        return self.inner_optimizer.learning_rate
-
-    @learning_rate.setter
-    def learning_rate(self, learning_rate):
-        # The base constructor sets a placeholder before inner_optimizer exists.
-        if "inner_optimizer" in self.__dict__:
-            self.inner_optimizer.learning_rate = learning_rate
-        else:
-            self._learning_rate = learning_rate
-
-    @property
-    def iterations(self):
-        return self.inner_optimizer.iterations
-
-    def scale_loss(self, loss):
-        return self.inner_optimizer.scale_loss(loss)
-
-    def finalize_variable_values(self, var_list):
-        self.inner_optimizer.finalize_variable_values(var_list)
-
     def get_config(self):
-        return {
-            "name": self.name,
-            "inner_optimizer": keras.saving.serialize_keras_object(self.inner_optimizer),
-            "variables": self._selection,
-            "num_batches": self.num_batches,
-        }
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        inner = keras.saving.deserialize_keras_object(
-            config.pop("inner_optimizer"), custom_objects=custom_objects)
-        return cls(inner, **config)
+        config = super().get_config()
+        config.update(variables=self._selection, num_batches=self.num_batches)
+        return config
 
 
 def _all_reduce_replica_gradients(grads):
@@ -242,13 +173,7 @@ def _strategy_scope(model):
 
 def find_recorder(optimizer):
     """The `GradientRecorder` in an optimizer chain, or None."""
-    seen = 0
-    while optimizer is not None and seen < 8:
-        if isinstance(optimizer, GradientRecorder):
-            return optimizer
-        optimizer = getattr(optimizer, "inner_optimizer", None)
-        seen += 1
-    return None
+    return find_in_chain(optimizer, GradientRecorder)
 
 
 def compute_gradients(model, x, y, loss, variables=None, sample_weight=None):

@@ -1,10 +1,12 @@
 """Editing a Keras optimizer's per-weight state (momentum, Adam moments).
 
-Masks change outside the compiled training step. To keep removed weights at
-exactly zero, their optimizer slots are zeroed when they are removed; GaP can
-also reset the slots of regrown weights (``reset_optimizer="regrown"``), of
-all weights (``"all"``), or restart the optimizer as a fresh one (``"fresh"``,
-`restart`). Works for every built-in Keras 3 optimizer: slots are
+Masks change outside the compiled training step. The optimizer slots of
+removed weights are zeroed when they are removed, so a regrown weight restarts
+with zero slots (`keras_gap.MaskedOptimizer` keeps the weights themselves at
+zero inside the step); GaP can also reset the slots of all weights
+(``reset_optimizer="all"``) or restart the optimizer as a fresh one
+(``"fresh"``, `restart`). Works for every built-in Keras 3 optimizer and the
+wrappers around it (``inner_optimizer`` chains): slots are
 found as the optimizer's per-variable lists (``_momentums``, ``_velocities``,
 ``momentums``, ...) at the variable's index.
 """
@@ -12,9 +14,11 @@ found as the optimizer's per-variable lists (``_momentums``, ``_velocities``,
 import keras
 from keras import ops
 
+from keras_gap.optimizer_wrappers import base_optimizer
+
 
 def _base_optimizer(optimizer):
-    return getattr(optimizer, "inner_optimizer", optimizer)
+    return base_optimizer(optimizer)
 
 
 def slot_variables(optimizer, variable):

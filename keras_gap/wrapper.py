@@ -11,13 +11,18 @@ How masking works on every backend (see ../shared/REFERENCES.md section 4):
 * Mask updates happen eagerly, outside the compiled step, from the
   `UpdatePruningStep` callback: the mask is recomputed, the weight is
   multiplied by it, and the optimizer's slots (momentum, Adam moments) of the
-  removed entries are zeroed. With a zero weight, a zero gradient and zero
-  slots, every Keras optimizer leaves the entry at exactly 0: masked weights
-  stay exactly zero after every training step.
-* The training step counter ``pruning_step`` is a non-trainable variable
-  incremented inside ``call(training=True)`` (non-trainable updates inside
-  ``call`` are kept on all backends, like BatchNormalization's statistics). It
-  is saved with the model, so a reloaded model continues at the same step.
+  removed entries are zeroed.
+* Inside the compiled step the masks are enforced where the update happens:
+  the callback wraps the optimizer in `keras_gap.MaskedOptimizer`, which
+  multiplies every pruned weight by its mask right after each update. So
+  masked weights are exactly zero after every step whatever the optimizer
+  (Muon's and weight decay's updates move masked entries; zero slots alone
+  do not keep them at 0) and with ``steps_per_execution > 1``.
+* The training step counter ``pruning_step`` (a non-trainable variable, saved
+  with the model) is kept by the callback, which counts batches, not layer
+  calls: a layer shared by two call sites counts one step per batch. It is
+  written at every epoch end, at mask updates, at the end of fit and whenever
+  the model is saved, so a checkpoint written during fit resumes at its step.
 """
 
 import inspect
@@ -248,7 +253,6 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 # Read by the next UpdatePruningStep: the compiled step failed.
                 object.__setattr__(self, "_missing_callback_raised", True)
                 raise missing_callback_error(self.name, self.pruning_schedule)
-            self.pruning_step.assign(self.pruning_step + 1)
         originals = []
         try:
             for (owner, attr), weight, mask in zip(self._targets, self.pruned_weights,
@@ -382,7 +386,25 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             out.append((int(m.size), int((m != 0).sum())))
         return out
 
+    def current_step(self):
+        """Training steps run so far (int), exact also in the middle of a fit.
+
+        During fit the pruning callback holds the live count and writes
+        ``pruning_step`` at epoch ends, mask updates and saves.
+        """
+        source = getattr(self, "_step_source", None)
+        if source is not None:
+            return int(source.current_step())
+        return int(ops.convert_to_numpy(self.pruning_step))
+
     # Serialization ------------------------------------------------------------
+    def save_own_variables(self, store):
+        # A checkpoint written in the middle of an epoch carries the step it
+        # was taken at.
+        if getattr(self, "_step_source", None) is not None:
+            self.pruning_step.assign(self.current_step())
+        super().save_own_variables(store)
+
     def get_config(self):
         config = super().get_config()
         config.update({

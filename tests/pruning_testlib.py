@@ -99,10 +99,10 @@ class InvariantChecker(keras.callbacks.Callback):
             bad = masked_nonzeros(w)
             if any(bad):
                 self.failures.append(f"step {step}: {w.name} masked non-zeros {bad}")
-            counter = int(np_(w.pruning_step))
+            counter = w.current_step()  # the live count (pruning_step: at epoch ends)
             if counter != step:
                 self.failures.append(
-                    f"step {step}: {w.name}.pruning_step={counter}, expected {step}")
+                    f"step {step}: {w.name}.current_step()={counter}, expected {step}")
             for weight, (n, kept) in zip(w.pruned_weights, w.mask_counts()):
                 want = n if sparsity is None else mask_lib.num_to_keep(n, sparsity)
                 if kept != want:

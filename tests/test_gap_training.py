@@ -167,7 +167,14 @@ def test_gap_keep_dense_and_random_start():
     assert int(mask.sum()) == num_to_keep(mask.size, 0.9)
 
 
-def test_gap_reset_optimizer_regrown_zeroes_slots():
+def test_gap_reset_optimizer_regrown_was_removed_with_a_clear_error():
+    with pytest.raises(ValueError, match="'regrown' was removed.*'none'"):
+        kg.GaPCallback(reset_optimizer="regrown")
+
+
+def test_gap_regrown_weights_restart_with_zero_slots_under_none():
+    """What 'regrown' promised holds for every mode: slots of removed weights are
+    zeroed when they are pruned, so a regrown weight starts with zero slots."""
     keras.utils.set_random_seed(4)
     x, y = _data(320)
     pruned = kg.prune_gap(_model(), target_sparsity=TARGET, num_partitions=2,
@@ -187,7 +194,7 @@ def test_gap_reset_optimizer_regrown_zeroes_slots():
                 seen["mask"] = _np(w.masks[0])
 
     pruned.fit(x, y, batch_size=64, epochs=1,
-               callbacks=[kg.GaPCallback(reset_optimizer="regrown", verbose=0), Probe()],
+               callbacks=[kg.GaPCallback(reset_optimizer="none", verbose=0), Probe()],
                verbose=0)
     assert seen["mask"].all()
     regrown = seen["weight"] == 0

@@ -22,13 +22,14 @@ from keras import ops
 
 from keras_gap import masks as mask_lib
 from keras_gap import optimizer_state
+from keras_gap.optimizer_wrappers import base_optimizer
 from keras_gap.callbacks import PruningSummaries, UpdatePruningStep, overall_sparsity
 from keras_gap.console import LogFraction, LogInt
 from keras_gap.gap import pgap
 from keras_gap.gap.api import gap_wrappers
 from keras_gap.gap.step_lr import StepLR
 
-RESET_MODES = ("fresh", "all", "regrown", "none")
+RESET_MODES = ("fresh", "all", "none")
 
 
 class GaPCallback(UpdatePruningStep):
@@ -45,9 +46,10 @@ class GaPCallback(UpdatePruningStep):
             after a boundary are then several times larger than a fresh
             Adam's (bias correction of a large step count: ~6.5x at 12 steps
             after the reset), an implicit warm restart; with SGD it is a plain
-            momentum reset. "regrown": only the slots of regrown weights are
-            zeroed. "none": slots kept. Slots of removed weights are always
-            zeroed. Default "all": on the validation split of
+            momentum reset. "none": slots kept. Slots of removed weights are
+            always zeroed, so a regrown weight always restarts with zero
+            slots (the former "regrown" mode did exactly what "none" does and
+            was removed). Default "all": on the validation split of
             benchmarks/gap_vs_baselines.py (90%, Adam) it beat "fresh" with a
             per-step cosine at the base peak, at 8 and at 24 epochs, and it
             works with any compiled optimizer and schedule ("fresh" restarts a
@@ -79,6 +81,12 @@ class GaPCallback(UpdatePruningStep):
 
     def __init__(self, reset_optimizer="all", step_lr=None, log_dir=None, verbose=1):
         super().__init__()
+        if reset_optimizer == "regrown":
+            raise ValueError(
+                "reset_optimizer='regrown' was removed: slots of removed weights are "
+                "zeroed when they are pruned, so regrown weights always restart with "
+                "zero slots and 'regrown' trained exactly as 'none' does. Use 'none' "
+                "(same behaviour), 'all' or 'fresh'.")
         if reset_optimizer not in RESET_MODES:
             raise ValueError(f"`reset_optimizer` must be one of {RESET_MODES}; "
                              f"received {reset_optimizer!r}.")
@@ -134,7 +142,7 @@ class GaPCallback(UpdatePruningStep):
     def _setup_step_lr(self, steps_per_epoch):
         import keras
         optimizer = self.model.optimizer
-        lr = getattr(getattr(optimizer, "inner_optimizer", optimizer), "_learning_rate", None)
+        lr = getattr(base_optimizer(optimizer), "_learning_rate", None)
         if lr is None or isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
             raise ValueError(
                 "GaPCallback(step_lr=...) sets the learning rate itself at every batch, "
@@ -172,6 +180,7 @@ class GaPCallback(UpdatePruningStep):
         self._setup_recorder(model)
 
     def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(epoch, logs)
         if self._checked_length or not self.params:
             return
         self._checked_length = True
@@ -194,11 +203,26 @@ class GaPCallback(UpdatePruningStep):
     async_safe = False
 
     def on_train_batch_begin(self, batch, logs=None):
-        try:
-            self._boundary(self.step + 1)  # the batch about to run (tf-mot numbering)
-            self._apply_step_lr(self.step + 1)
-        finally:
-            self._advance()
+        super().on_train_batch_begin(batch, logs)  # boundaries up to the batch about to run
+        self._apply_step_lr(self.step + 1)
+
+    def _run_schedule(self, first, last):
+        for step in range(first, last + 1):
+            self._boundary(step)
+
+    def _warn_if_updates_fall_inside_executions(self):
+        k, s = self._steps_per_execution, self.schedule
+        steps = self.params.get("steps") if self.params else None
+        aligned = (s.steps_per_step % k == 0 and (s.begin_step - 1 - self.step) % k == 0
+                   and (not steps or steps % k == 0))
+        self._warned_execution = True
+        if k > 1 and not aligned:
+            warnings.warn(
+                f"steps_per_execution={k} does not divide the GaP step "
+                f"(steps_per_step={s.steps_per_step}, begin_step={s.begin_step}"
+                f"{f', {steps} steps per epoch' if steps else ''}): masks change only "
+                "between executions of the compiled step, so a GaP boundary inside an "
+                f"execution is applied at its end (up to {k - 1} steps late).", stacklevel=3)
 
     def _boundary(self, step):
         """GaP's work at training step ``step`` (nothing between boundaries)."""
@@ -222,7 +246,7 @@ class GaPCallback(UpdatePruningStep):
         self._sparse_part = self.sparse_part_sparsity(
             j % s.num_partitions if j < s.num_gap_steps else None)
         if self.verbose:
-            self._announce(j)
+            self._announce(j, step)
         self._write_summaries()
 
     def _initialize(self):
@@ -336,11 +360,7 @@ class GaPCallback(UpdatePruningStep):
             self._channel_grow(plan, wrappers)
             wrappers = [w for w in wrappers if w.structure != "channel"]
         for w in wrappers:
-            old = [ops.convert_to_tensor(m) for m in w.masks]
             w.set_masks([ops.ones(tuple(v.shape)) for v in w.pruned_weights])
-            if self.reset_optimizer == "regrown":
-                for v, m in zip(w.pruned_weights, old):
-                    optimizer_state.mask_slots(self.model.optimizer, v, m)
 
     # Channel structure: GaP grows and prunes back whole channel groups -------------
     # prune_gap(structure="channel") puts every layer of a channel group in one
@@ -361,13 +381,7 @@ class GaPCallback(UpdatePruningStep):
 
     def _channel_grow(self, plan, wrappers):
         groups = plan.groups_of_producers(wrappers)
-        members = {id(w): w for g in groups for w in plan.members[g]}.values()
-        old = {id(w): [ops.convert_to_tensor(m) for m in w.masks] for w in members}
         plan.apply({g: np.ones(plan.graph.groups[g].size, np.float32) for g in groups})
-        if self.reset_optimizer == "regrown":
-            for w in members:
-                for v, m in zip(w.pruned_weights, old[id(w)]):
-                    optimizer_state.mask_slots(self.model.optimizer, v, m)
 
     def _zero_removed_slots(self, wrapper):
         for v, m in zip(wrapper.pruned_weights, wrapper.masks):
@@ -394,17 +408,18 @@ class GaPCallback(UpdatePruningStep):
 
     def grown_partition(self):
         """Partition grown during the last completed step (-1: fine-tuning)."""
-        g = self.schedule.grown_partition(max(self.step, self.schedule.begin_step))
+        # The last step whose boundary was applied: the masks' state.
+        g = self.schedule.grown_partition(max(self._processed, self.schedule.begin_step))
         return -1 if g is None else g
 
-    def _announce(self, j):
+    def _announce(self, j, step):
         s = self.schedule
         what = (f"round {j // s.num_partitions + 1}/{s.rounds}, partition "
                 f"{j % s.num_partitions} grown" if j < s.num_gap_steps
                 else "all partitions at target, fine-tuning")
         parts = " ".join(f"p{p}={v:.3f}" for p, v in self._partition_cache.items())
         print(f"\n[GaP {s.method}] step {j}/{s.num_gap_steps} at training step "
-              f"{self.step + 1}: {what}; sparsity {self.sparsity:.4f} ({parts})", flush=True)
+              f"{step}: {what}; sparsity {self.sparsity:.4f} ({parts})", flush=True)
 
     def _add_logs(self, logs, per_partition=False):
         if logs is None:

@@ -36,6 +36,8 @@ def restore(model, wrappers, values):
         raise ValueError(f"Snapshot has {len(values)} values for {len(variables)} variables.")
     for v, value in zip(variables, values):
         v.assign(value)
+    for w in wrappers:  # masks were assigned directly: observers re-read them
+        w.mask_version += 1
 
 
 def partition_indices(model, wrappers, partitions):
