@@ -78,7 +78,10 @@ def run(method, start, sparsity, seed, data, steps_per_epoch):
     frequency = max(1, end_step // FLAGS.prune_events)
     end_step = frequency * FLAGS.prune_events
     initial = 0.5 if start == "erk50" else 0.0
-    schedule = kg.PolynomialDecay(initial, sparsity, begin_step=0, end_step=end_step,
+    # Steps count from 1 (the first batch is step 1, tf-mot's numbering): the first update
+    # at the first batch, once FGGP has its gradient; the same batches as the committed
+    # results, run when the first batch was step 0 with begin_step=0, end_step=end_step.
+    schedule = kg.PolynomialDecay(initial, sparsity, begin_step=1, end_step=1 + end_step,
                                   power=3, frequency=frequency)
     kwargs = {}
     if start == "erk50":
