@@ -211,9 +211,7 @@ def _copy_callback_class():
             pgap.restore(model, self.wrappers, self._values)
             s = self.schedule
             start = s.begin_step - 1 + self._gap_step * s.steps_per_step
-            for w in self.wrappers:
-                w.pruning_step.assign(start)
-            self.step = start
+            self.set_step(start)  # every wrapper's pruning_step too
             if self._grow_partition is not None:
                 self._grow(self.partitions[self._grow_partition])
             self._reset_all_slots()  # every copy is a fresh run (as in-process)
@@ -427,7 +425,7 @@ class PGaPRunner:
             keep_dense, seed, block_size, ...).
         fit_kwargs: more `fit` arguments for the workers and the fine-tuning
             (batch_size, shuffle, ...).
-        reset_optimizer: "all" (default), "fresh", "regrown" or "none",
+        reset_optimizer: "all" (default), "fresh" or "none",
             as in `GaPCallback`; every copy zeroes the optimizer slots, as in
             the in-process P-GaP.
         cpus_per_worker: CPUs per actor (default: the cluster's CPUs divided
