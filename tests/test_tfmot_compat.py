@@ -60,7 +60,9 @@ def _keras_gap_trace(schedule):
     class Record(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
             wrapper = collect_wrappers(self.model)[0]
-            trace.append([int(np_(wrapper.pruning_step)),
+            # The live count (the callback's; ``pruning_step`` itself is written
+            # at epoch ends, mask updates and saves).
+            trace.append([wrapper.current_step(),
                           float((np_(wrapper.masks[0]) == 0).mean())])
 
     model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False,
