@@ -97,6 +97,10 @@ def _build_parser():
                      help="do not use the TFLite sparse encoding")
     exp.add_argument("--no-verify", action="store_true",
                      help="do not compare TFLite outputs with Keras")
+    exp.add_argument("--optimize-for", choices=["size", "latency"], default="size",
+                     help="size (default): the sparse encoding, with a note when it runs "
+                     "slower than the dense one; latency: whichever encoding of the same "
+                     "weights runs faster (both are timed; both times are printed)")
     exp.add_argument("--saved-model", metavar="DIR", help="write a SavedModel directory")
     exp.add_argument("--onnx", metavar="OUT.onnx",
                      help="write ONNX (needs tf2onnx and onnx on the TF backend)")
@@ -214,16 +218,32 @@ def _export(args):
             sample = None
             if calibration is None and not args.no_verify:
                 sample = _random_inputs(stripped)
-            result = export.to_tflite(
-                stripped, args.tflite, sparse=not args.no_sparse,
-                quantize=args.quantize, representative_dataset=calibration,
-                sample_inputs=sample, verify=False if args.no_verify else None)
+            import contextlib
+            import io
+            import warnings
+            with warnings.catch_warnings(record=True) as caught, \
+                    contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("always", export.SparseSlowerWarning)
+                result = export.to_tflite(
+                    stripped, args.tflite, sparse=not args.no_sparse,
+                    quantize=args.quantize, representative_dataset=calibration,
+                    sample_inputs=sample, verify=False if args.no_verify else None,
+                    optimize_for=args.optimize_for)
+            for w in caught:  # other warnings go on to stderr as usual
+                if not issubclass(w.category, export.SparseSlowerWarning):
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
             check = (f"verified (max abs diff {result.max_abs_diff:.3g}"
                      + (f", top-1 agreement {result.top1_agreement:.1%}"
                         if result.top1_agreement is not None else "") + ")"
                      if result.verified else "not verified")
             print(f"wrote {args.tflite} ({result.size:,} bytes, "
-                  f"{args.quantize or 'float32'}, {check})")
+                  f"{args.quantize or 'float32'}, {result.encoding} encoding, {check})")
+            if result.choice is not None:
+                slower = any(issubclass(w.category, export.SparseSlowerWarning)
+                             for w in caught)
+                print(f"  {result.choice}"
+                      + ("; note: the sparse file runs slower, --optimize-for latency "
+                         "writes the faster one" if slower else ""))
         if args.onnx:
             export.to_onnx(stripped, args.onnx)
             print(f"wrote ONNX {args.onnx}")

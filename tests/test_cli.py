@@ -93,6 +93,24 @@ def test_export_int8_with_calibration(files, tmp_path, capsys):
     assert "INT8" in capsys.readouterr().out
 
 
+def test_export_optimize_for_latency_prints_both_encodings(files, tmp_path, capsys):
+    out = tmp_path / "fast.tflite"
+    code = cli.main(["export", str(files / "pruned.keras"), "--tflite", str(out),
+                     "--quantize", "int8", "--calibration", str(files / "calib.npy"),
+                     "--optimize-for", "latency"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    # pruned.keras has sparse weights, so both encodings were converted and timed.
+    assert "encoding" in printed.out.splitlines()[0], printed.out
+    assert "sparse" in printed.out and "dense encoding" in printed.out, printed.out
+    assert " ms" in printed.out.splitlines()[1], printed.out
+    assert out.exists()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["export", str(files / "pruned.keras"), "--tflite", str(out),
+                  "--optimize-for", "speed"])
+    assert exit_info.value.code == 2
+
+
 @pytest.mark.parametrize("args, message", [
     (["report", "{root}/missing.keras"], "no such file"),
     (["report", "{root}/notes.keras"], "Could not load"),

@@ -1,9 +1,11 @@
 """ONNX export through Keras' own exporter (the route to TensorRT on NVIDIA GPUs).
 
-``model.export(path, format="onnx")`` needs a backend-specific converter:
-``tf2onnx`` (TensorFlow backend), ``jax2onnx`` (JAX) or ``onnxscript`` /
-``torch.onnx`` (PyTorch), plus ``onnx``. `to_onnx` checks for them first and
-names the missing package instead of failing deep inside Keras.
+``model.export(path, format="onnx")`` with the TensorFlow converter
+(``tf2onnx`` and ``onnx``). Under JAX or PyTorch the stripped model is
+exported by the same code in a TensorFlow-backend subprocess (one export path
+for every backend), so the packages needed are always ``tf2onnx`` and
+``onnx``. `to_onnx` checks for them first and names the missing package
+instead of failing deep inside Keras.
 """
 
 import importlib.util
@@ -19,10 +21,16 @@ _REQUIRED = {
 
 
 def onnx_missing_packages(backend=None):
-    """Packages Keras' ONNX exporter needs on ``backend`` that are not installed.
+    """Packages `to_onnx` needs that are not installed.
+
+    `to_onnx` converts with TensorFlow's converter on every backend (in a
+    TensorFlow subprocess under JAX / PyTorch), so by default this checks
+    ``tf2onnx`` and ``onnx``.
 
     Args:
-        backend: a Keras backend name; default: the active backend.
+        backend: the Keras backend whose *native* ONNX exporter to check
+            ("jax": jax2onnx, "torch": onnxscript); default: "tensorflow",
+            the converter `to_onnx` uses on every backend.
 
     Returns:
         A list of missing package names (empty: ONNX export is available).
@@ -31,9 +39,7 @@ def onnx_missing_packages(backend=None):
         >>> kg.export.onnx.onnx_missing_packages("tensorflow")
         ['tf2onnx']
     """
-    import keras
-
-    backend = backend or keras.backend.backend()
+    backend = backend or "tensorflow"
     if backend not in _REQUIRED:
         return [f"(no ONNX exporter for the {backend!r} backend)"]
     return [p for p in _REQUIRED[backend] if importlib.util.find_spec(p) is None]
@@ -52,42 +58,66 @@ def to_onnx(model, path, opset_version=None, input_signature=None):
         model: a `keras.Model` (pruned or not) or a path to a ``.keras`` file.
         path: output ``.onnx`` file.
         opset_version: optional ONNX opset.
-        input_signature: optional input specs (needed for the torch backend,
-            which has no dynamic batch in ONNX export).
+        input_signature: optional input specs (objects with ``.shape`` and
+            ``.dtype``, e.g. ``keras.InputSpec`` or ``tf.TensorSpec``).
 
     Returns:
         ``path``.
 
     Raises:
-        ImportError: naming the packages to install when the active backend's
+        ImportError: naming the packages to install when the TensorFlow
             ONNX converter is missing.
+        ExportSubprocessError: the TensorFlow export subprocess failed
+            (non-TensorFlow backends).
 
     Example:
         >>> kg.export.to_onnx(pruned, "model.onnx")
     """
+    import keras
+
+    from keras_gap.export import _tf_subprocess
+
+    via_tf = _tf_subprocess.needed()
+    backend = keras.backend.backend()
+    missing = onnx_missing_packages("tensorflow")
+    if missing:
+        where = (f" (the {backend!r} backend exports through a TensorFlow subprocess, "
+                 "which uses the TensorFlow converter)" if via_tf else "")
+        raise ImportError(
+            f"ONNX export on the {backend!r} backend needs {', '.join(missing)}{where}: "
+            f"pip install {' '.join(missing)}.")
+    model = _common.prepare_model(model)
+    path = os.fspath(path)
+    with _common.atomic_file(path) as tmp:
+        if via_tf:
+            signature = None
+            if input_signature is not None:
+                signature = [{"shape": [None if d is None else int(d) for d in s.shape],
+                              "dtype": str(getattr(s.dtype, "name", s.dtype))}
+                             for s in input_signature]
+            _tf_subprocess.run("onnx", model, {"out": os.path.abspath(tmp),
+                                               "opset_version": opset_version,
+                                               "input_signature": signature},
+                               what="to_onnx")
+        else:
+            _export_in_process(model, tmp, opset_version, input_signature)
+    return path
+
+
+def _export_in_process(model, out, opset_version=None, input_signature=None):
+    """``model.export(format="onnx")`` (TensorFlow backend)."""
     import contextlib
     import io
 
-    import keras
-
-    missing = onnx_missing_packages()
-    if missing:
-        raise ImportError(
-            f"ONNX export on the {keras.backend.backend()!r} backend needs "
-            f"{', '.join(missing)}: pip install {' '.join(missing)}.")
-    model = _common.prepare_model(model)
     if input_signature is None and not getattr(model, "_called", True):
         _call_once(model)  # keras' ONNX exporter refuses never-called (cloned) models
-    path = os.fspath(path)
     kwargs = {}
     if opset_version is not None:
         kwargs["opset_version"] = opset_version
     if input_signature is not None:
         kwargs["input_signature"] = input_signature
-    with _common.atomic_file(path) as tmp:
-        with contextlib.redirect_stdout(io.StringIO()):
-            model.export(tmp, format="onnx", verbose=False, **kwargs)
-    return path
+    with contextlib.redirect_stdout(io.StringIO()):
+        model.export(out, format="onnx", verbose=False, **kwargs)
 
 
 def _call_once(model):

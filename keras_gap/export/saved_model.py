@@ -14,35 +14,87 @@ import numpy as np
 from keras_gap.export import _common
 
 
-def to_saved_model(model, path):
+def to_saved_model(model, path, sample_inputs=None, tolerance=1e-4):
     """Exports a (pruned or stripped) model as an inference SavedModel.
 
-    Uses Keras' own exporter (``model.export(path, format="tf_saved_model")``),
-    whose output TFLite and TF-Serving load correctly. A pruned model is
-    stripped first. The directory is written next to ``path`` and renamed into
-    place when complete: a failed export leaves ``path`` untouched.
+    Uses Keras' own exporter (``model.export(path, format="tf_saved_model")``)
+    under the TensorFlow backend, whose output TFLite and TF-Serving load
+    correctly. Under JAX or PyTorch the stripped model goes through a
+    TensorFlow-backend subprocess (saved as a temporary ``.keras`` file and
+    exported by the same code), so the SavedModel is the one TensorFlow would
+    write. A pruned model is stripped first. The directory is written next to
+    ``path`` and renamed into place when complete: a failed export or
+    verification leaves ``path`` untouched.
 
     Args:
         model: a `keras.Model` (pruned or not) or a path to a ``.keras`` file.
         path: output directory (replaced if it exists).
+        sample_inputs: optional inputs (a numpy batch, or list / dict): the
+            SavedModel's ``serve`` outputs are compared with the Keras model's
+            (active backend) before the directory is put in place.
+        tolerance: allowed max |saved_model - keras| relative to
+            max(1, max|keras|).
 
     Returns:
         ``path``.
 
+    Raises:
+        ValueError: ``sample_inputs`` do not fit the model's inputs, or the
+            SavedModel's outputs disagree with Keras (nothing is written).
+        ExportSubprocessError: the TensorFlow export subprocess failed
+            (non-TensorFlow backends).
+
     Example:
-        >>> kg.export.to_saved_model(pruned, "out/saved_model")
+        >>> kg.export.to_saved_model(pruned, "out/saved_model", sample_inputs=x_test[:8])
         >>> kg.export.check_n_by_m("out/saved_model").ok
         True
     """
+    from keras_gap.export import _tf_subprocess
+
+    model = _common.prepare_model(model)
+    if sample_inputs is not None:
+        _common.check_input_arrays(model, _common.as_input_list(sample_inputs),
+                                   "sample_inputs")
+    path = os.fspath(path)
+    with _common.atomic_directory(path) as tmp:
+        if _tf_subprocess.needed():
+            _tf_subprocess.run("saved_model", model, {"out": os.path.abspath(tmp)},
+                               what="to_saved_model")
+        else:
+            _export_in_process(model, tmp)
+        if sample_inputs is not None:
+            _verify_saved_model(model, tmp, path, sample_inputs, tolerance)
+    return path
+
+
+def _export_in_process(model, out):
+    """``model.export`` to a SavedModel directory (TensorFlow backend)."""
     import contextlib
     import io
 
-    model = _common.prepare_model(model)
-    path = os.fspath(path)
-    with _common.atomic_directory(path) as tmp:
-        with contextlib.redirect_stdout(io.StringIO()):
-            model.export(tmp, format="tf_saved_model", verbose=False)
-    return path
+    with contextlib.redirect_stdout(io.StringIO()):
+        model.export(out, format="tf_saved_model", verbose=False)
+
+
+def _verify_saved_model(model, directory, path, sample_inputs, tolerance):
+    import tensorflow as tf
+
+    inputs = [np.asarray(a, np.float32) if np.asarray(a).dtype.kind == "f" else np.asarray(a)
+              for a in _common.as_input_list(sample_inputs)]
+    expected = _common.as_output_list(model.predict(
+        inputs[0] if len(inputs) == 1 else inputs, verbose=0))
+    loaded = tf.saved_model.load(directory)
+    got = _common.as_output_list(
+        [t.numpy() for t in tf.nest.flatten(loaded.serve(*[tf.constant(a) for a in inputs]))])
+    for i, (ref, out) in enumerate(zip(expected, got)):
+        diff = float(np.max(np.abs(np.asarray(out, np.float64) - ref))) if ref.size else 0.0
+        limit = tolerance * max(1.0, float(np.max(np.abs(ref))) if ref.size else 1.0)
+        if out.shape != ref.shape or not np.isfinite(diff) or diff > limit:
+            raise ValueError(
+                f"The SavedModel for {path!r} disagrees with the Keras model on "
+                f"{inputs[0].shape[0]} sample(s): output {i} shape {out.shape} vs "
+                f"{ref.shape}, max |saved_model - keras| = {diff:.3g} > {limit:.3g}. "
+                "Nothing was written.")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,8 +35,20 @@ QUANTIZE_MODES = (None, "dynamic", "float16", "int8")
 DEFAULT_TOLERANCE = {None: 1e-4, "float16": 1e-2, "dynamic": 0.1, "int8": 0.2}
 
 
+OPTIMIZE_FOR = ("size", "latency")
+
+# "latency" picks the dense encoding only when it is at least this much faster (a
+# closer result is timing noise, and the sparse file is smaller); "size" warns when
+# the sparse file is at least this much slower than the dense encoding.
+LATENCY_MARGIN = 1.05
+
+
 class TFLiteVerificationError(RuntimeError):
     """The converted model's outputs disagree with the Keras model's."""
+
+
+class SparseSlowerWarning(UserWarning):
+    """The sparse-encoded TFLite file runs slower than the dense encoding."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +65,22 @@ class TFLiteExport:
         top1_agreement: fraction of rows with the same argmax (2-D outputs
             with more than one column; else None).
         resolver: op resolver used for verification (see `run_tflite`).
+        encoding: "sparse" (TFLite's sparse weight encoding) or "dense": what
+            the written file uses.
+        optimize_for: "size" or "latency" (see `to_tflite`).
+        latency_ms: {"sparse": ms, "dense": ms}, batch-1 medians of both
+            encodings of the same weights (`tflite_latency`), or None when
+            not compared (nothing sparse-encoded, ``sparse=False``, float16,
+            or a multi-input model).
+        sizes: {"sparse": bytes, "dense": bytes} of both encodings, or None.
+        resolvers: {"sparse": resolver, "dense": resolver} each file runs
+            under (sparse int8 needs BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+            dense files run with XNNPACK), or None.
+        choice: one sentence: which encoding was written and why, with both
+            latencies and sizes (None when not compared).
+        subprocess: timings of the TensorFlow export subprocess (non-TensorFlow
+            backends: ``backend``, ``save_s``, ``child_s``, ``work_s``,
+            ``overhead_s``), or None when converted in this process.
     """
 
     path: str
@@ -62,6 +90,13 @@ class TFLiteExport:
     max_abs_diff: object = None
     top1_agreement: object = None
     resolver: object = None
+    encoding: str = "sparse"
+    optimize_for: str = "size"
+    latency_ms: object = None
+    sizes: object = None
+    resolvers: object = None
+    choice: object = None
+    subprocess: object = None
 
     def __fspath__(self):
         return self.path
@@ -176,32 +211,51 @@ def _sample_from_representative(representative_dataset, limit=64):
     return [np.concatenate([r[j] for r in rows]) for j in range(len(rows[0]))]
 
 
-def _convert(model, optimizations, quantize, representative_dataset,
-             max_calibration_samples):
+def _optimizations(sparse, quantize):
+    import tensorflow as tf
+    optimizations = []
+    if sparse:
+        optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
+    if quantize is not None:
+        optimizations.append(tf.lite.Optimize.DEFAULT)
+    return optimizations
+
+
+def _convert(model, sparse, quantize, representative_dataset, max_calibration_samples):
+    """TFLite bytes of ``model`` (TensorFlow backend, in this process)."""
     import contextlib
     import io
-    import tempfile
 
-    import keras
     import tensorflow as tf
 
     # The converter traces through keras' exporter, which prints a summary.
     with contextlib.redirect_stdout(io.StringIO()):
-        if keras.backend.backend() == "tensorflow":
-            converter = tf.lite.TFLiteConverter.from_keras_model(model)
-            return _configure_and_convert(converter, optimizations, quantize,
-                                          representative_dataset,
-                                          max_calibration_samples)
-        # Other backends: a model.export SavedModel freezes correctly with
-        # from_saved_model (tf.saved_model.save would not: NaN outputs).
-        with tempfile.TemporaryDirectory(prefix="keras_gap_") as tmp:
-            model.export(os.path.join(tmp, "sm"), format="tf_saved_model",
-                         verbose=False)
-            converter = tf.lite.TFLiteConverter.from_saved_model(
-                os.path.join(tmp, "sm"))
-            return _configure_and_convert(converter, optimizations, quantize,
-                                          representative_dataset,
-                                          max_calibration_samples)
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        return _configure_and_convert(converter, _optimizations(sparse, quantize), quantize,
+                                      representative_dataset, max_calibration_samples)
+
+
+def _has_sparse_tensors(data):
+    from keras_gap.export.inspection import inspect_tflite
+    return bool(inspect_tflite(data).sparse_tensors)
+
+
+def _convert_encodings(model, sparse, quantize, representative_dataset,
+                       max_calibration_samples, want_dense):
+    """{"main": bytes, "dense": bytes or None}: the requested file and, when
+    ``want_dense`` and the requested one has sparse-encoded weights, the dense
+    encoding of the same weights (for the latency comparison).
+
+    The one TensorFlow conversion every backend runs: in this process on the
+    TensorFlow backend, in the TensorFlow export subprocess on the others.
+    """
+    main = _convert(model, sparse, quantize, representative_dataset,
+                    max_calibration_samples)
+    dense = None
+    if want_dense and sparse and _has_sparse_tensors(main):
+        dense = _convert(model, False, quantize, representative_dataset,
+                         max_calibration_samples)
+    return {"main": main, "dense": dense}
 
 
 def _configure_and_convert(converter, optimizations, quantize, representative_dataset,
@@ -246,16 +300,29 @@ def _compare(keras_outputs, tflite_outputs, quantize, tolerance):
 
 def to_tflite(model, path, sparse=True, quantize=None, representative_dataset=None,
               verify=None, sample_inputs=None, tolerance=None,
-              max_calibration_samples=500):
+              max_calibration_samples=500, optimize_for="size", latency_inputs=None):
     """Converts a (pruned or stripped) Keras model to a sparse ``.tflite`` file.
 
     A pruned model is stripped first (`keras_gap.strip_pruning`). Conversion
-    uses ``TFLiteConverter.from_keras_model`` (TensorFlow backend) or
-    ``from_saved_model`` on a ``model.export`` directory (other backends):
-    paths that freeze the variables (``tf.saved_model.save`` +
-    ``from_saved_model`` silently produces NaN models). The file is written
-    through a temporary file and renamed: a failed conversion or verification
-    leaves no partial file (and keeps an existing file at ``path``).
+    uses ``TFLiteConverter.from_keras_model`` under the TensorFlow backend.
+    Under JAX or PyTorch the stripped model is saved to a temporary ``.keras``
+    file and converted by the same code in a TensorFlow-backend subprocess
+    (one export path: the same graph and the same file as on TensorFlow; about
+    6-8 s extra per call), then verified here against the active backend's
+    Keras outputs. The file is written through a temporary file and renamed: a
+    failed conversion or verification leaves no partial file (and keeps an
+    existing file at ``path``).
+
+    Sparse vs dense encoding: TFLite's sparse weight encoding makes the file
+    smaller but not always faster (sparse int8 runs without XNNPACK; sparse
+    convolutions are densified at load time). When the sparse file has
+    sparse-encoded weights, the dense encoding of the same weights is also
+    converted and both are timed (`tflite_latency`, one thread, on
+    ``latency_inputs``). ``optimize_for="size"`` writes the sparse file and
+    warns (`SparseSlowerWarning`) when it is at least 5% slower;
+    ``optimize_for="latency"`` writes the faster one (the dense one only when
+    it is at least 5% faster: closer is noise and the sparse file is smaller)
+    and prints which it chose. Both times and sizes are in the result.
 
     Args:
         model: a `keras.Model` (pruned or not) or a path to a ``.keras`` file.
@@ -282,25 +349,40 @@ def to_tflite(model, path, sparse=True, quantize=None, representative_dataset=No
             dynamic 0.1, int8 0.2. NaN/Inf outputs always fail.
         max_calibration_samples: at most this many samples are used for int8
             calibration.
+        optimize_for: "size" (default: the sparse encoding, with a warning
+            when it is slower) or "latency" (whichever encoding runs faster).
+        latency_inputs: the batch both encodings are timed on; default: the
+            first sample of the verification inputs (batch 1), else zeros.
 
     Returns:
         A `TFLiteExport` (path-like: ``os.fspath(result)`` is the file) with
-        the size, and the verification result.
+        the size, the verification result, the encoding written and, when
+        both were compared, ``latency_ms``, ``sizes`` and ``choice``.
 
     Raises:
-        ValueError: bad arguments (unknown ``quantize``, "int8" without data,
-            ``sample_inputs`` / ``representative_dataset`` whose shape or dtype
-            does not fit the model's inputs: the message gives both shapes).
+        ValueError: bad arguments (unknown ``quantize`` / ``optimize_for``,
+            "int8" without data, ``sample_inputs`` / ``representative_dataset``
+            whose shape or dtype does not fit the model's inputs: the message
+            gives both shapes).
         TFLiteVerificationError: outputs disagree (nothing is written).
+        ExportSubprocessError: the TensorFlow export subprocess failed
+            (non-TensorFlow backends; names the layer when one failed).
 
     Example:
         >>> kg.export.to_tflite(pruned, "model.tflite")
         >>> kg.export.to_tflite(pruned, "model_int8.tflite", quantize="int8",
         ...                     representative_dataset=x_train[:200])
+        >>> r = kg.export.to_tflite(pruned, "fast.tflite", quantize="int8",
+        ...                         representative_dataset=x_train[:200],
+        ...                         optimize_for="latency")
+        >>> r.encoding, r.latency_ms
     """
-    import tensorflow as tf
+    from keras_gap.export import _tf_subprocess
 
     _check_quantize(quantize)
+    if optimize_for not in OPTIMIZE_FOR:
+        raise ValueError(f"`optimize_for` must be one of {OPTIMIZE_FOR}; received "
+                         f"{optimize_for!r}.")
     path = os.fspath(path)
     if quantize == "int8" and representative_dataset is None:
         raise ValueError(
@@ -314,6 +396,9 @@ def to_tflite(model, path, sparse=True, quantize=None, representative_dataset=No
         _common.check_input_arrays(model, _common.as_input_list(sample_inputs),
                                    "sample_inputs")
     _check_representative(model, representative_dataset)
+    if latency_inputs is not None:
+        _common.check_input_arrays(model, _common.as_input_list(latency_inputs),
+                                   "latency_inputs")
 
     if sparse and quantize == "float16":
         # Measured (TF 2.21 / LiteRT 2.3): the converter then stores float16
@@ -325,35 +410,114 @@ def to_tflite(model, path, sparse=True, quantize=None, representative_dataset=No
             "model is written dense (gzip still compresses its zeros).",
             stacklevel=2)
         sparse = False
-    optimizations = []
-    if sparse:
-        optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
-    if quantize is not None:
-        optimizations.append(tf.lite.Optimize.DEFAULT)
-    data = _convert(model, optimizations, quantize, representative_dataset,
-                    max_calibration_samples)
+    verify_inputs = None
+    if verify:
+        verify_inputs = (_common.as_input_list(sample_inputs) if sample_inputs is not None
+                         else _sample_from_representative(representative_dataset))
+        if verify_inputs is None:
+            raise ValueError(
+                "verify=True needs inputs: pass sample_inputs= (a numpy batch) or "
+                "representative_dataset=, or verify=False.")
+    compare = sparse and len(model.inputs or []) == 1
+    timing = None
+    if _tf_subprocess.needed():
+        rep = representative_dataset
+        if rep is not None:
+            rep = _sample_from_representative(rep, limit=max_calibration_samples)
+        out, timing = _tf_subprocess.run(
+            "tflite", model,
+            {"sparse": bool(sparse), "quantize": quantize, "want_dense": compare,
+             "max_calibration_samples": int(max_calibration_samples)},
+            arrays={"representative": rep}, what="to_tflite")
+        datas = {"main": out["files"]["main"], "dense": out["files"].get("dense")}
+    else:
+        datas = _convert_encodings(model, sparse, quantize, representative_dataset,
+                                   max_calibration_samples, compare)
 
+    comparison = None
+    if datas["dense"] is not None:
+        if latency_inputs is not None:
+            x_lat = _common.as_input_list(latency_inputs)[0]
+        elif verify_inputs is not None:
+            x_lat = np.asarray(verify_inputs[0][:1])
+        else:
+            x_lat = None
+        comparison = _compare_encodings(datas["main"], datas["dense"], x_lat)
+    encoding = "sparse" if sparse else "dense"
+    data = datas["main"]
+    choice = None
+    if comparison is not None:
+        lat, size, res = comparison
+        dense_faster = lat["dense"] * LATENCY_MARGIN <= lat["sparse"]
+        both = (f"sparse {lat['sparse']:.4g} ms ({size['sparse']:,} bytes, "
+                f"{res['sparse']}), dense encoding {lat['dense']:.4g} ms "
+                f"({size['dense']:,} bytes, {res['dense']})")
+        mode = quantize or "float32"
+        if optimize_for == "latency":
+            if dense_faster:
+                encoding, data = "dense", datas["dense"]
+                choice = (f"wrote the dense encoding: it runs faster ({both}; {mode}, "
+                          "batch-1 median, one thread)")
+            else:
+                choice = (f"wrote the sparse encoding: the dense one is not at least "
+                          f"{LATENCY_MARGIN - 1:.0%} faster ({both}; {mode})")
+            print(f"to_tflite(optimize_for='latency') {path}: {choice}.")
+        else:
+            choice = f"wrote the sparse encoding (optimize_for='size'; {both}; {mode})"
+            if dense_faster:
+                warnings.warn(
+                    f"to_tflite {path}: the sparse {mode} file is slower than the dense "
+                    f"encoding of the same weights: {both}. Pass optimize_for='latency' "
+                    "(CLI: --optimize-for latency) to write the faster one, or "
+                    "sparse=False.", SparseSlowerWarning, stacklevel=2)
     result = dict(max_abs_diff=None, top1_agreement=None, resolver=None)
     with _common.atomic_file(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
         if verify:
-            result = _verify(model, tmp, path, quantize, representative_dataset,
-                             sample_inputs, tolerance)
-    return TFLiteExport(path=path, size=len(data), quantize=quantize,
-                        verified=bool(verify), **result)
+            result = _verify(model, tmp, path, quantize, verify_inputs, tolerance)
+    return TFLiteExport(
+        path=path, size=len(data), quantize=quantize, verified=bool(verify), **result,
+        encoding=encoding, optimize_for=optimize_for,
+        latency_ms=None if comparison is None else comparison[0],
+        sizes=None if comparison is None else comparison[1],
+        resolvers=None if comparison is None else comparison[2], choice=choice,
+        subprocess=timing)
 
 
-def _verify(model, tmp, path, quantize, representative_dataset, sample_inputs,
-            tolerance):
+def _compare_encodings(sparse_data, dense_data, x, rounds=3, budget_s=0.15):
+    """({"sparse": ms, "dense": ms}, sizes, resolvers): batch-``x`` latency of both files.
+
+    Both are timed with `tflite_latency` in alternating rounds (so a burst of
+    load on a shared machine hits both); each file's time is its best round
+    median. Each round runs about ``budget_s`` seconds per file.
+    """
+    import tempfile
+
+    from keras_gap.export.runtime import tflite_latency
+
+    with tempfile.TemporaryDirectory(prefix="keras_gap_latency_") as tmp:
+        paths = {}
+        for key, data in (("sparse", sparse_data), ("dense", dense_data)):
+            paths[key] = os.path.join(tmp, f"{key}.tflite")
+            with open(paths[key], "wb") as f:
+                f.write(data)
+        probe = {k: tflite_latency(p, x, runs=3, warmup=1) for k, p in paths.items()}
+        runs = {k: int(min(500, max(10, budget_s * 1e3 / max(v["median_ms"], 1e-3))))
+                for k, v in probe.items()}
+        best, resolvers = {}, {}
+        for _ in range(rounds):
+            for key, p in paths.items():
+                stats = tflite_latency(p, x, runs=runs[key], warmup=max(2, runs[key] // 10))
+                best[key] = min(best.get(key, float("inf")), stats["median_ms"])
+                resolvers[key] = stats["resolver"]
+    sizes = {"sparse": len(sparse_data), "dense": len(dense_data)}
+    return best, sizes, resolvers
+
+
+def _verify(model, tmp, path, quantize, inputs, tolerance):
     from keras_gap.export.runtime import run_tflite
 
-    inputs = (_common.as_input_list(sample_inputs) if sample_inputs is not None
-              else _sample_from_representative(representative_dataset))
-    if inputs is None:
-        raise ValueError(
-            "verify=True needs inputs: pass sample_inputs= (a numpy batch) or "
-            "representative_dataset=, or verify=False.")
     inputs = [np.asarray(a, np.float32) if np.issubdtype(np.asarray(a).dtype, np.floating)
               else np.asarray(a) for a in inputs]
     keras_in = inputs[0] if len(inputs) == 1 else inputs
