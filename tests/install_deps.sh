@@ -8,18 +8,26 @@
 #     installed) into <data dir>/downloads/manual/, where keras_gap.datasets
 #     finds it. <data dir> is $KERAS_GAP_DATA_DIR or ~/.cache/keras_gap/tfds.
 #   - keras-gap itself: pip install -e ".[test]" (skip with --no-pip).
+#   - PyTorch, CPU build (for the PyTorch test pass; skip with --no-torch or
+#     --no-pip): $KERAS_GAP_TORCH_SPEC, default torch==2.13.0 (the CPU wheel,
+#     about 190 MB; an unpinned `pip install torch` takes a CUDA build of
+#     several GB). Nothing is installed when torch already imports.
 #
-# Usage: bash tests/install_deps.sh [--mnist] [--no-pip]
+# Usage: bash tests/install_deps.sh [--mnist] [--no-pip] [--no-torch]
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 NEED_MNIST="${KERAS_GAP_NEED_MNIST:-0}"
 DO_PIP=1
+DO_TORCH=1
+TORCH_SPEC="${KERAS_GAP_TORCH_SPEC:-torch==2.13.0}"
 for arg in "$@"; do
   case "$arg" in
     --mnist) NEED_MNIST=1 ;;
     --no-pip) DO_PIP=0 ;;
-    *) echo "install_deps.sh: unknown argument '$arg' (expected --mnist or --no-pip)" >&2; exit 2 ;;
+    --no-torch) DO_TORCH=0 ;;
+    *) echo "install_deps.sh: unknown argument '$arg' (expected --mnist, --no-pip or" \
+            "--no-torch)" >&2; exit 2 ;;
   esac
 done
 
@@ -73,5 +81,13 @@ fi
 if [ "$DO_PIP" = "1" ]; then
   echo "install_deps: pip install -e \"$ROOT[test]\""
   python -m pip install -q -e "$ROOT[test]"
+  if [ "$DO_TORCH" = "1" ]; then
+    if python -c "import torch" 2>/dev/null; then
+      echo "install_deps: torch present ($(python -c 'import torch; print(torch.__version__)'))"
+    else
+      echo "install_deps: pip install $TORCH_SPEC (CPU build, for the PyTorch test pass)"
+      python -m pip install -q "$TORCH_SPEC"
+    fi
+  fi
 fi
 echo "install_deps: done"

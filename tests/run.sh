@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: installs what the tests need, then runs them.
 #   bash tests/run.sh           # default suite: TensorFlow (all tests) + JAX (core tests)
-#                               # + PyTorch (core tests) when torch is installed
+#                               # + PyTorch (core tests; install_deps.sh installs torch)
 #   bash tests/run.sh --slow    # also the tests marked slow
 # Extra arguments after the options are passed to pytest.
 set -euo pipefail
@@ -26,10 +26,9 @@ echo "=== keras-gap tests, JAX backend (core tests) ==="
 KERAS_BACKEND=jax run_pytest tests -q -n "$WORKERS" --dist loadfile \
   -m "core${MARK:+ and $MARK}" "$@"
 
-if python -c "import torch" 2>/dev/null; then
-  echo "=== keras-gap tests, PyTorch backend (core tests; torch is installed) ==="
-  KERAS_BACKEND=torch run_pytest tests -q -n "$WORKERS" --dist loadfile \
-    -m "core${MARK:+ and $MARK}" "$@"
-else
-  echo "=== PyTorch backend skipped: torch is not installed (pip install torch) ==="
-fi
+echo "=== keras-gap tests, PyTorch backend (core tests) ==="
+python -c "import torch" 2>/dev/null || {
+  echo "torch does not import: bash tests/install_deps.sh installs it (torch==2.13.0)" >&2
+  exit 1; }
+KERAS_BACKEND=torch run_pytest tests -q -n "$WORKERS" --dist loadfile \
+  -m "core${MARK:+ and $MARK}" "$@"

@@ -92,6 +92,7 @@ def test_quickstart_small_slice(tmp_path):
                     reason="keras_gap.prune_gap is not available yet (GaP not merged)")
 @pytest.mark.skipif(not _has_export(),
                     reason="keras_gap.export.to_tflite is not available yet")
+@pytest.mark.core  # the main job runs on every backend (JAX / PyTorch export via TensorFlow)
 def test_demo_fast_mode(tmp_path):
     out = tmp_path / "demo"
     # As a fresh clone runs it: no TF_CPP_MIN_LOG_LEVEL; the demo hides third-party logs.
@@ -103,7 +104,8 @@ def test_demo_fast_mode(tmp_path):
     kinds = ("dense", "gmp", "cgap", "cgap_tflite", "cgap_channels")
     for name in ("results.md", "results.json", "results.png") + tuple(
             f"{k}{suffix}" for k in kinds
-            for suffix in (".keras", "_float32.tflite", "_int8.tflite")):
+            for suffix in (".keras", "_float32.tflite", "_int8.tflite",
+                           "_float32_fast.tflite", "_int8_fast.tflite")):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -136,6 +138,14 @@ def test_demo_fast_mode(tmp_path):
         assert model["keras_accuracy"] > 0.2  # learned something (10 classes)
         for row in (float_row, int8_row):
             assert row["latency_ms"] > 0 and 0 < row["gzip_bytes"] <= row["size_bytes"]
+            # optimize_for="latency" wrote the encoding its own timing found faster.
+            times = row["latency_pick_ms"]
+            if times is None:
+                assert row["latency_pick"] == "dense" and row["sparse_tensors"] == 0
+            else:
+                assert row["latency_pick"] == (
+                    "dense" if times["dense"] * kg.export.tflite.LATENCY_MARGIN
+                    <= times["sparse"] else "sparse")
 
     table = (out / "results.md").read_text()
     assert "| model | test acc (Keras) |" in table

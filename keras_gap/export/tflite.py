@@ -65,8 +65,9 @@ class TFLiteExport:
         top1_agreement: fraction of rows with the same argmax (2-D outputs
             with more than one column; else None).
         resolver: op resolver used for verification (see `run_tflite`).
-        encoding: "sparse" (TFLite's sparse weight encoding) or "dense": what
-            the written file uses.
+        encoding: "sparse" (the written file has weights in TFLite's sparse
+            encoding) or "dense" (it has none: ``sparse=False``, the dense
+            encoding was chosen, or no weight was sparse enough to encode).
         optimize_for: "size" or "latency" (see `to_tflite`).
         latency_ms: {"sparse": ms, "dense": ms}, batch-1 medians of both
             encodings of the same weights (`tflite_latency`), or None when
@@ -470,6 +471,8 @@ def to_tflite(model, path, sparse=True, quantize=None, representative_dataset=No
                     f"encoding of the same weights: {both}. Pass optimize_for='latency' "
                     "(CLI: --optimize-for latency) to write the faster one, or "
                     "sparse=False.", SparseSlowerWarning, stacklevel=2)
+    if encoding == "sparse" and comparison is None and not _has_sparse_tensors(data):
+        encoding = "dense"  # nothing was sparse enough for the converter to encode
     result = dict(max_abs_diff=None, top1_agreement=None, resolver=None)
     with _common.atomic_file(path) as tmp:
         with open(tmp, "wb") as f:
