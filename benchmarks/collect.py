@@ -36,6 +36,8 @@ BENCHMARKS = [
      "python benchmarks/overhead.py"),
     ("tflite_latency", "TFLite latency and file size: dense vs sparse",
      "python benchmarks/tflite_latency.py"),
+    ("backend_export", "The same model exported from TensorFlow, JAX and PyTorch (TFLite latency)",
+     "python benchmarks/backend_export.py"),
     ("demo", "The demo (main job): dense vs GMP vs C-GaP, exported to TFLite",
      "python examples/demo.py --output_dir benchmarks/results/demo"),
     ("structured", "Channel pruning: dense vs channel GMP vs channel C-GaP, materialized",

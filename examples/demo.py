@@ -266,6 +266,31 @@ def markdown_table(models):
     return "\n".join(lines)
 
 
+def provenance():
+    """Commit (when run from a git checkout), package versions and date of this run."""
+    import datetime
+    import importlib.metadata
+    import subprocess
+
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=os.path.dirname(os.path.abspath(__file__)),
+                                  capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    versions = {}
+    for dist in ("keras", "keras-gap", "tensorflow", "jax", "torch"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[dist] = None
+    return {"commit": git("rev-parse", "HEAD") or None,
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+            "versions": versions, "argv": sys.argv[1:],
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
 def _pick(row):
     """'dense (0.12 vs 0.02 ms)': the encoding optimize_for='latency' wrote, with both times."""
     times = row["latency_pick_ms"]
@@ -361,7 +386,7 @@ def main(argv):
                           "batch_size": FLAGS.batch_size,
                           "learning_rate": FLAGS.learning_rate, "seed": FLAGS.seed,
                           "backend": keras.backend.backend()},
-               "models": models, "wall_seconds": wall}
+               "models": models, "wall_seconds": wall, "provenance": provenance()}
     title = (f"Fashion-MNIST, {epochs} epochs per model; kept dense: "
              f"{', '.join(FLAGS.keep_dense) or 'none'}")
     md = "\n".join([

@@ -22,7 +22,9 @@ HERE = os.path.dirname(__file__)
 SCRIPT = os.path.join(HERE, "subprocess_scripts", "data_parallel.py")
 CASES = ["unstructured", "block", "n_by_m", "global", "fggp", "channel",
          "gap_cgap", "gap_pgap", "gap_channel", "growing"]
-# The default suite runs these (one subprocess, ~30 s); --slow runs every case on both backends.
+# The default suite runs these on TensorFlow (one subprocess, ~30 s) and "unstructured" on JAX;
+# --slow runs every case on both backends. (PyTorch: Keras' distribution API has no torch
+# data parallelism.)
 SMOKE = ["unstructured", "fggp", "gap_pgap"]
 _RESULTS = {}
 
@@ -46,6 +48,11 @@ def _results(backend, cases):
 @pytest.mark.parametrize("case", SMOKE)
 def test_pruning_under_mirrored_strategy(case):
     _check(_results("tensorflow", SMOKE).get(case), case)
+
+
+def test_pruning_under_jax_data_parallel():
+    """One replica-identity case on JAX (keras.distribution.DataParallel) in the default run."""
+    _check(_results("jax", ["unstructured"]).get("unstructured"), "unstructured")
 
 
 @pytest.mark.slow

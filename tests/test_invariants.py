@@ -187,3 +187,13 @@ def test_checkpoint_in_the_middle_of_an_epoch_carries_its_step(tmp_path):
         np.concatenate([np_(m).ravel() for w in collect_wrappers(loaded) for m in w.masks]))
     # The optimizer state came back too: the file holds the compiled optimizer's variables.
     assert int(np_(loaded.optimizer.iterations)) == 4
+    # Resuming on the epoch's last two batches (steps 5 and 6; a mask update is due at
+    # step 6) ends where the uninterrupted run ended: same masks, same weights.
+    loaded.fit(x[128:], y[128:], epochs=1, batch_size=32, shuffle=False, verbose=0,
+               callbacks=[kg.UpdatePruningStep()])
+    assert [int(np_(w.pruning_step)) for w in collect_wrappers(loaded)] == [6, 6, 6]
+    for a, b in zip(collect_wrappers(first), collect_wrappers(loaded)):
+        for ma, mb in zip(a.masks, b.masks):
+            np.testing.assert_array_equal(np_(ma), np_(mb))
+    for va, vb in zip(first.trainable_variables, loaded.trainable_variables):
+        np.testing.assert_allclose(np_(va), np_(vb), rtol=1e-5, atol=1e-6)
