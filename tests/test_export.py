@@ -353,3 +353,44 @@ def test_optimize_for_latency_writes_dense_int8_and_size_warns(block_sparse_mlp,
     assert small.size == small.sizes["sparse"] < fast.size
     with pytest.raises(ValueError, match="optimize_for"):
         export.to_tflite(model, tmp_path / "x.tflite", optimize_for="speed")
+
+
+# Export from JAX / PyTorch: errors name the layer and the backend --------------------
+@pytest.mark.skipif(keras.backend.backend() == "tensorflow",
+                    reason="the TensorFlow backend exports in-process")
+def test_layer_the_tensorflow_backend_cannot_trace_is_named(tmp_path):
+    from export_testlib import BACKEND_ONLY
+    backend = keras.backend.backend()
+    model = keras.Sequential([keras.Input((DIM,)), keras.layers.Dense(8, name="d"),
+                              BACKEND_ONLY[backend](name="native_tanh")])
+    model.predict(np.zeros((2, DIM), "float32"), verbose=0)  # runs on its own backend
+    path = tmp_path / "m.tflite"
+    with pytest.raises(export.ExportSubprocessError) as info:
+        export.to_tflite(model, path, verify=False)
+    message = str(info.value)
+    assert "'native_tanh'" in message and f"{backend!r} backend" in message, message
+    assert "keras.ops" in message and info.value.child_traceback
+    assert not path.exists()
+
+
+@pytest.mark.skipif(keras.backend.backend() == "tensorflow",
+                    reason="the TensorFlow backend exports in-process")
+def test_layer_class_from_main_is_refused_with_the_way_out(tmp_path):
+    import subprocess
+    import sys
+    code = (
+        "import keras, numpy as np, keras_gap as kg\n"
+        "class Mine(keras.layers.Layer):\n"
+        "    def call(self, x):\n"
+        "        return keras.ops.relu(x)\n"
+        "m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), Mine(name='mine')])\n"
+        "try:\n"
+        f"    kg.export.to_tflite(m, {str(tmp_path / 'm.tflite')!r}, verify=False)\n"
+        "except ValueError as e:\n"
+        "    print('REFUSED', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, env=dict(os.environ))
+    assert "REFUSED" in out.stdout, out.stderr[-3000:]
+    assert "'mine'" in out.stdout and "__main__" in out.stdout
+    assert "register_keras_serializable" in out.stdout
+    assert not (tmp_path / "m.tflite").exists()

@@ -311,10 +311,15 @@ def _child_error(what, backend, result, proc):
             child_message=last, child_traceback=(proc.stderr or "")[-8000:])
     ctype, message, layer = result.get("type"), result.get("message", ""), result.get("layer")
     if layer:
-        hint = (f"Layer {layer} cannot be traced by the TensorFlow backend (the {backend!r} "
-                "model is exported through TensorFlow): its call() must use keras.ops only "
-                f"(no {backend}-specific calls), or export it with KERAS_BACKEND=tensorflow.")
-    elif ctype in ("TypeError", "ValueError") and ("Unknown layer" in message
+        return ExportSubprocessError(
+            f"{what} on the {backend!r} backend: layer {layer} cannot be traced by the "
+            f"TensorFlow backend, which every export goes through (the {backend!r} model is "
+            "converted in a TensorFlow subprocess). Its call() must use keras.ops only, no "
+            f"{backend}-specific calls. TensorFlow said: "
+            f"{result.get('layer_error') or f'{ctype}: {message}'}",
+            child_type=ctype, child_message=message, layer=layer,
+            child_traceback=result.get("traceback"))
+    if ctype in ("TypeError", "ValueError") and ("Unknown layer" in message
                                                    or "Could not locate" in message
                                                    or "Could not deserialize" in message):
         hint = ("The TensorFlow subprocess could not rebuild a layer from the .keras file: "
@@ -329,6 +334,19 @@ def _child_error(what, backend, result, proc):
         f"{what} on the {backend!r} backend failed in its TensorFlow export subprocess: "
         f"{ctype}: {message}. {hint}", child_type=ctype, child_message=message,
         layer=layer, child_traceback=result.get("traceback"))
+
+
+def _failing_layer_in_chain(exc):
+    """`_failing_layer` of ``exc`` or of the exceptions it was raised from (loading
+    wraps a layer's failure in "Could not load ...")."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        layer = _failing_layer(exc.__traceback__)
+        if layer:
+            return layer, f"{type(exc).__name__}: {_first_line(exc)}"
+        exc = exc.__cause__ or exc.__context__
+    return None, None
 
 
 def _failing_layer(tb):
@@ -428,8 +446,9 @@ def _run_job(job_dir):
         keras.backend.clear_session()
         result = dict(_child_work(job_dir, job), ok=True)
     except BaseException as e:  # everything goes back to the parent as one record
+        layer, layer_error = _failing_layer_in_chain(e)
         result = {"ok": False, "type": type(e).__name__, "message": _first_line(e),
-                  "layer": _failing_layer(e.__traceback__),
+                  "layer": layer, "layer_error": layer_error,
                   "traceback": "".join(traceback.format_exception(e))[-8000:]}
     tmp = os.path.join(job_dir, "result.json.tmp")
     with open(tmp, "w") as f:
