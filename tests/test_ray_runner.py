@@ -220,3 +220,43 @@ def test_data_failing_on_a_worker_stops_cleanly(ray_cluster, tmp_path):
 def test_more_workers_than_the_cluster_can_place(ray_cluster):
     with pytest.raises(ValueError, match="the Ray cluster has 2 CPUs and 0 GPUs"):
         _runner(num_partitions=3, num_workers=3).fit()
+
+
+def _write_user_code(root):
+    """A user's project: build() in one module imports a helper from a sibling module."""
+    (root / "kg_user_helpers.py").write_text(
+        "import keras\n"
+        "def mlp():\n"
+        "    keras.utils.set_random_seed(3)\n"
+        "    m = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, name='d1'),\n"
+        "                          keras.layers.Dense(16, name='d2'),\n"
+        "                          keras.layers.Dense(3, name='out')])\n"
+        "    m.compile('adam', keras.losses.SparseCategoricalCrossentropy(from_logits=True))\n"
+        "    return m\n")
+    (root / "kg_user_build.py").write_text(
+        "from kg_user_helpers import mlp\n"
+        "def build():\n"
+        "    return mlp()\n")
+
+
+def test_build_importing_a_sibling_module_runs_on_a_local_cluster(ray_cluster, tmp_path,
+                                                                   monkeypatch):
+    import importlib
+    import sys
+    _write_user_code(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    build = importlib.import_module("kg_user_build").build
+    assert ray_runner._code_dirs([build]) == [str(tmp_path)]
+    run = _runner(build=build, num_workers=1, rounds=1)
+    run.fit()  # the workers import kg_user_helpers from tmp_path (PYTHONPATH)
+    assert [h["round"] for h in run.history] == [1]
+    for name in ("kg_user_build", "kg_user_helpers"):
+        sys.modules.pop(name, None)
+
+
+def test_worker_missing_module_error_names_it_and_the_way_out():
+    run = ray_runner.PGaPRunner(ray_testlib.build, ray_testlib.arrays, num_partitions=2)
+    error = RuntimeError("RayActorError: ... ModuleNotFoundError: No module named 'helpers'")
+    text = str(run._worker_error(error, 0))
+    assert "cannot import module 'helpers'" in text
+    assert "working_dir" in text and "py_modules" in text

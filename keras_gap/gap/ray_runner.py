@@ -365,9 +365,9 @@ def _environ(**values):
                 os.environ[k] = v
 
 
-def _pickle_by_value(ray, fn):
-    """Ships ``fn``'s module with it when workers may not import it (a script,
-    a test file, a module found through the driver's sys.path only)."""
+def _user_module(fn):
+    """The module ``fn`` (or a partial of it) comes from, when it is the user's own code
+    (not keras / keras_gap, not a package installed in site-packages); else None."""
     import functools
     import sys
     while isinstance(fn, functools.partial):
@@ -375,10 +375,53 @@ def _pickle_by_value(ray, fn):
     module = sys.modules.get(getattr(fn, "__module__", None) or "")
     path = getattr(module, "__file__", None) or ""
     name = getattr(module, "__name__", "")
-    if module is None or name == "__main__" or name.split(".")[0] in ("keras", "keras_gap") \
+    if module is None or name.split(".")[0] in ("keras", "keras_gap") \
             or "site-packages" in path or "dist-packages" in path:
-        return
-    ray.cloudpickle.register_pickle_by_value(module)
+        return None
+    return module
+
+
+def _pickle_by_value(ray, fn):
+    """Ships ``fn``'s module with it when workers may not import it (a script,
+    a test file, a module found through the driver's sys.path only)."""
+    module = _user_module(fn)
+    if module is not None and module.__name__ != "__main__":
+        ray.cloudpickle.register_pickle_by_value(module)
+
+
+def _code_dirs(fns):
+    """Import roots of the user's modules ``fns`` come from: where their sibling
+    imports live."""
+    dirs = []
+    for fn in fns:
+        module = _user_module(fn)
+        path = getattr(module, "__file__", None)
+        if not path:
+            continue
+        root = os.path.dirname(os.path.abspath(path))
+        if module.__name__ != "__main__":  # up one level per package in its name
+            for _ in range(module.__name__.count(".")):
+                root = os.path.dirname(root)
+        if root not in dirs:
+            dirs.append(root)
+    return dirs
+
+
+def _cluster_is_local(ray):
+    """True when every alive Ray node is this machine (workers see its files)."""
+    try:
+        here = ray.util.get_node_ip_address()
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+    except Exception:  # noqa: BLE001 - an older / remote API: assume remote
+        return False
+    return bool(nodes) and all(n.get("NodeManagerAddress") == here for n in nodes)
+
+
+def _missing_module(error):
+    """The module name of a ``ModuleNotFoundError`` in a worker's error text, or None."""
+    import re
+    match = re.search(r"No module named '([^']+)'", str(error))
+    return match.group(1) if match else None
 
 
 def _local_cpus():
@@ -438,7 +481,12 @@ class PGaPRunner:
         log_to_driver: forward the workers' stdout/stderr (framework logs) to
             this process (default False: progress comes from the driver).
         runtime_env: optional Ray runtime environment for the actors (e.g.
-            ``{"working_dir": "."}`` to ship your code to a cluster).
+            ``{"working_dir": "."}`` to ship your code to a cluster). Without
+            ``working_dir`` / ``py_modules``, on a cluster whose nodes are all
+            this machine, the workers' PYTHONPATH gets the directories of the
+            ``build`` / ``data`` modules, so their sibling imports (``from
+            helpers import mlp``) work; a worker that still cannot import a
+            module stops the run with an error that names it and the way out.
 
     Returns:
         A runner; `fit` returns the pruned model. ``history`` holds one dict
@@ -616,6 +664,14 @@ class PGaPRunner:
                "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
                **thread_env(per_cpu)}
         runtime_env = dict(self.runtime_env or {})
+        if not {"working_dir", "py_modules"} & set(runtime_env) and _cluster_is_local(ray):
+            # Workers on this machine import the user's modules (and the siblings they
+            # import) from where the driver found them.
+            dirs = _code_dirs((self.build, self.data))
+            if dirs:
+                old_path = runtime_env.get("env_vars", {}).get(
+                    "PYTHONPATH", os.environ.get("PYTHONPATH", ""))
+                env["PYTHONPATH"] = os.pathsep.join(dirs + ([old_path] if old_path else []))
         runtime_env["env_vars"] = {**env, **runtime_env.get("env_vars", {})}
         queue = None
         if self.verbose:
@@ -696,6 +752,16 @@ class PGaPRunner:
         where = (f" The checkpoint in {self.checkpoint_dir!r} holds the last completed round "
                  f"({round_index}); a new runner with the same checkpoint_dir resumes there."
                  if self.checkpoint_dir else "")
+        missing = _missing_module(error)
+        if missing is not None:
+            dirs = _code_dirs((self.build, self.data)) or ["."]
+            return RuntimeError(
+                f"PGaPRunner: the Ray workers cannot import module {missing!r}, which your "
+                "build or data function needs (the function itself is shipped, the modules "
+                "it imports are not). Ship your code with the runner: PGaPRunner(..., "
+                f"runtime_env={{'working_dir': {dirs[0]!r}}}) or runtime_env={{'py_modules': "
+                f"[...]}} naming the module's directory; or install it on every node.{where}"
+                f"\nWorker error:\n{error}")
         return RuntimeError(
             f"PGaPRunner: a worker failed in round {round_index + 1}; the run stopped.{where}\n"
             f"Worker error:\n{error}")
