@@ -471,8 +471,10 @@ def to_tflite(model, path, sparse=True, quantize=None, representative_dataset=No
                     f"encoding of the same weights: {both}. Pass optimize_for='latency' "
                     "(CLI: --optimize-for latency) to write the faster one, or "
                     "sparse=False.", SparseSlowerWarning, stacklevel=2)
-    if encoding == "sparse" and comparison is None and not _has_sparse_tensors(data):
-        encoding = "dense"  # nothing was sparse enough for the converter to encode
+    # Nothing sparse enough for the converter to encode: known already when the
+    # encodings were compared (no dense twin was made), else read from the file.
+    if encoding == "sparse" and comparison is None and (compare or not _has_sparse_tensors(data)):
+        encoding = "dense"
     result = dict(max_abs_diff=None, top1_agreement=None, resolver=None)
     with _common.atomic_file(path) as tmp:
         with open(tmp, "wb") as f:
