@@ -50,8 +50,7 @@ def _stash_train_function(model, reusable=True, masking=None):
             and not getattr(model.train_function, "_keras_gap_guard", False):
         # ``masking``: the MaskedOptimizer the step was traced with, put back
         # in front of the compiled optimizer by the next fit.
-        stash = (model.train_function, model.optimizer, getattr(model, "_compile_loss", None),
-                 masking)
+        stash = (model.train_function, model.optimizer, masking)
     object.__setattr__(model, _STASH, stash)  # not tracked as model state
 
     def missing_callback_guard(*args, **kwargs):
@@ -82,11 +81,14 @@ def _restore_jax_state(model, state):
 def _restore_train_function(model):
     stash = getattr(model, _STASH, None)
     object.__setattr__(model, _STASH, None)
-    if stash and stash[1] is model.optimizer and stash[2] is getattr(model, "_compile_loss", None):
+    # `compile()` always resets `model.train_function`: the guard still being in
+    # place means the model was not recompiled since the step was stashed.
+    guarded = getattr(model.train_function, "_keras_gap_guard", False)
+    if stash and guarded and stash[1] is model.optimizer:
         model.train_function = stash[0]
-        if stash[3] is not None:
-            model.optimizer = stash[3]
-    elif getattr(model.train_function, "_keras_gap_guard", False):
+        if stash[2] is not None:
+            model.optimizer = stash[2]
+    elif guarded:
         model.train_function = None
         model.make_train_function()
 

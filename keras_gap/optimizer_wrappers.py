@@ -54,10 +54,13 @@ class OptimizerWrapper(keras.optimizers.Optimizer):
         if not self.inner_optimizer.built:
             self.inner_optimizer.build(var_list)
         super().build(var_list)
+        # The variable order the optimizer was built with (public: no reliance
+        # on BaseOptimizer's private `_trainable_variables`).
+        self._kg_built_vars = list(var_list)
 
     @property
     def variables(self):
-        return self._variables + self.inner_optimizer.variables
+        return super().variables + self.inner_optimizer.variables
 
     def _before_apply(self, grads):
         """Work on the gradients (ordered as the built variable list)."""
@@ -71,7 +74,7 @@ class OptimizerWrapper(keras.optimizers.Optimizer):
         index = {id(v): i for i, v in enumerate(trainable_variables)}
         grads = list(grads)
         return [grads[index[id(v)]] if id(v) in index else None
-                for v in self._trainable_variables]
+                for v in self._kg_built_vars]
 
     def apply(self, grads, trainable_variables=None):
         if not self.built:
@@ -88,19 +91,20 @@ class OptimizerWrapper(keras.optimizers.Optimizer):
             raise ValueError(
                 f"{type(self).__name__} must be built before stateless_apply; call "
                 "optimizer.build(model.trainable_variables).")
-        n_own = len(self._variables)
+        own_vars = super().variables  # the wrapper's own variables (a copy)
+        n_own = len(own_vars)
         own, inner = list(optimizer_variables[:n_own]), list(optimizer_variables[n_own:])
-        with keras.StatelessScope(state_mapping=list(zip(self._variables, own))) as scope:
+        with keras.StatelessScope(state_mapping=list(zip(own_vars, own))) as scope:
             self._before_apply(list(grads))
-        own = [scope.get_current_value(v) for v in self._variables]
+        own = [scope.get_current_value(v) for v in own_vars]
         new_trainable, inner = self.inner_optimizer.stateless_apply(
             inner, grads, trainable_variables)
-        mapping = (list(zip(self._variables, own))
-                   + list(zip(self._trainable_variables, new_trainable)))
+        mapping = (list(zip(own_vars, own))
+                   + list(zip(self._kg_built_vars, new_trainable)))
         with keras.StatelessScope(state_mapping=mapping) as scope:
             self._after_apply()
-        own = [scope.get_current_value(v) for v in self._variables]
-        new_trainable = [scope.get_current_value(v) for v in self._trainable_variables]
+        own = [scope.get_current_value(v) for v in own_vars]
+        new_trainable = [scope.get_current_value(v) for v in self._kg_built_vars]
         return new_trainable, own + list(inner)
 
     # Delegation -------------------------------------------------------------
@@ -110,11 +114,7 @@ class OptimizerWrapper(keras.optimizers.Optimizer):
 
     @learning_rate.setter
     def learning_rate(self, learning_rate):
-        # The base constructor sets a placeholder before inner_optimizer exists.
-        if "inner_optimizer" in self.__dict__:
-            self.inner_optimizer.learning_rate = learning_rate
-        else:
-            self._learning_rate = learning_rate
+        self.inner_optimizer.learning_rate = learning_rate
 
     @property
     def iterations(self):
@@ -208,7 +208,7 @@ class MaskedOptimizer(OptimizerWrapper):
 
     def _after_apply(self):
         for index, copy in self._order:
-            var = self._trainable_variables[index]
+            var = self._kg_built_vars[index]
             var.assign(ops.multiply(var, ops.cast(copy, var.dtype)))
         self._steps.assign_add(1)
 
@@ -216,7 +216,7 @@ class MaskedOptimizer(OptimizerWrapper):
         # use_ema=True swaps in averages of the weights, which are not masked.
         super().finalize_variable_values(var_list)
         for index, copy in self._order:
-            var = self._trainable_variables[index]
+            var = self._kg_built_vars[index]
             var.assign(ops.multiply(var, ops.cast(copy, var.dtype)))
 
     # Binding the model's masks ------------------------------------------------

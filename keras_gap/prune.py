@@ -17,9 +17,10 @@ _UNSUPPORTED_MODES = ("error", "keep_dense")
 
 def _is_graph_model(model):
     """Sequential or Functional (cloneable) as opposed to subclassed."""
+    # Functional subclasses (KerasHub tasks/backbones) are not cloned: cloning
+    # loses their class (see docs/DESIGN.md).
     return isinstance(model, keras.Sequential) or (
-        isinstance(model, keras.Model) and getattr(model, "_is_graph_network", False)
-        or type(model).__name__ == "Functional")
+        isinstance(model, keras.Function) and type(model).__name__ == "Functional")
 
 
 def _check_not_pruned(obj):

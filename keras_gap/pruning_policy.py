@@ -190,7 +190,7 @@ class PruneForLatencyOnXNNPack(PruningPolicy):
                 pooling, or an unsupported layer between them).
         """
         if not isinstance(model, keras.Model) or not (
-                isinstance(model, keras.Sequential) or hasattr(model, "_run_through_graph")):
+                isinstance(model, keras.Sequential) or isinstance(model, keras.Function)):
             raise ValueError(
                 f"PruneForLatencyOnXNNPack needs a Sequential or Functional model; "
                 f"received {type(model).__name__}: subclassed models are not supported.")
@@ -200,7 +200,9 @@ class PruneForLatencyOnXNNPack(PruningPolicy):
                 f"{model.name!r} is not built.")
         if isinstance(model, keras.Sequential):
             model = model._functional if getattr(model, "_functional", None) else model
-        inputs = {t._keras_history.operation for t in model.inputs}
+        input_layers = {id(op.output): op for op in model.operations
+                        if isinstance(op, keras.layers.InputLayer)}
+        inputs = {input_layers[id(t)] for t in model.inputs}
         starts = _lookup(inputs, self._is_start, _consumers)
         if not starts:
             raise ValueError(

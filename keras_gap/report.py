@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -84,7 +85,7 @@ def _row(layer_name, weight, values):
 
 
 def _leaf_layers(model):
-    if not hasattr(model, "_flatten_layers"):
+    if not isinstance(model, keras.layers.Layer):
         return [model]
     stack = [model] if not hasattr(model, "layers") else list(model.layers)
     out = []

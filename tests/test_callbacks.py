@@ -87,3 +87,24 @@ def test_overall_sparsity_counts_all_wrappers():
     total = sum(w.mask_counts()[0][0] for w in wrappers)
     assert kg.callbacks.overall_sparsity(wrappers) == pytest.approx(0.5 * n0 / total)
     assert kg.callbacks.overall_sparsity([]) == 0.0
+
+
+@pytest.mark.core
+def test_a_recompile_between_fits_uses_the_new_loss():
+    """The guarded train step is reused across fits only while the model was not
+    recompiled (compile() resets train_function); a recompile takes the new loss."""
+    x, y = blobs(n=64)
+    schedule = kg.ConstantSparsity(0.6, begin_step=0, frequency=1)
+    pruned = compile_model(kg.prune_low_magnitude(mlp(), pruning_schedule=schedule))
+    pruned.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[kg.UpdatePruningStep()])
+    again = pruned.fit(x, y, batch_size=16, epochs=1, verbose=0,
+                       callbacks=[kg.UpdatePruningStep()])
+    assert again.history["loss"][0] < 5.0  # the cross-entropy step, reused
+
+    def seven(y_true, y_pred):
+        return keras.ops.mean(y_pred) * 0.0 + 7.0
+
+    pruned.compile(optimizer=pruned.optimizer, loss=seven)
+    history = pruned.fit(x, y, batch_size=16, epochs=1, verbose=0,
+                         callbacks=[kg.UpdatePruningStep()])
+    assert history.history["loss"][0] == pytest.approx(7.0)

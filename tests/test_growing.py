@@ -222,14 +222,16 @@ def test_save_and_resume_continues_the_schedule(tmp_path):
     assert gating.trained_epochs(gating.gates_of(loaded)[0]) == 5
 
 
-def test_scores_get_no_weight_decay():
+@pytest.mark.parametrize("wrapped", [False, True], ids=["adamw", "loss_scaled_adamw"])
+def test_scores_get_no_weight_decay(wrapped):
     space = cnn()
     gated = kg.growing.add_gates(space, seed_channels=0.5, seed=0)
     x, y = data(space)
-    gated.compile(keras.optimizers.AdamW(1e-3, weight_decay=0.5),
+    opt = keras.optimizers.AdamW(1e-3, weight_decay=0.5)
+    gated.compile(keras.optimizers.LossScaleOptimizer(opt) if wrapped else opt,
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     gated.fit(x, y, epochs=1, verbose=0, callbacks=[kg.growing.GrowingCallback()])
-    opt = gated.optimizer
+    # The inner AdamW decays: a wrapper (mixed precision) must not hide it.
     assert not any(opt._use_weight_decay(g.score) for g in gating.gates_of(gated))
     assert opt._use_weight_decay(gated.get_layer("c1").kernel)
 

@@ -140,14 +140,18 @@ class GaPCallback(UpdatePruningStep):
                 self._pgap_snapshot = pgap.snapshot(self.model, self.wrappers)
 
     def _setup_step_lr(self, steps_per_epoch):
-        import keras
-        optimizer = self.model.optimizer
-        lr = getattr(base_optimizer(optimizer), "_learning_rate", None)
-        if lr is None or isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
+        optimizer = base_optimizer(self.model.optimizer)
+        try:  # a float exactly when the rate is a variable; a dict for a schedule
+            lr = optimizer.get_config().get("learning_rate")
+        except Exception:  # noqa: BLE001 - get_config cannot serialize a lambda rate
+            lr = None
+        if not isinstance(lr, (int, float)):
+            kind = (f"a LearningRateSchedule ({lr.get('class_name')})" if isinstance(lr, dict) else
+                    "a callable" if lr is None else type(lr).__name__)
             raise ValueError(
                 "GaPCallback(step_lr=...) sets the learning rate itself at every batch, "
                 "so the optimizer needs a float learning rate; this model's optimizer "
-                f"uses {type(lr).__name__}. Compile with e.g. keras.optimizers.Adam(1e-3).")
+                f"uses {kind}. Compile with e.g. keras.optimizers.Adam(1e-3).")
         s = self.schedule
         self._finetune_length = s.finetune_steps
         epochs = self.params.get("epochs") if self.params else None

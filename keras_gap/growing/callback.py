@@ -41,6 +41,7 @@ import keras
 import numpy as np
 
 from keras_gap.growing import gating
+from keras_gap.optimizer_wrappers import base_optimizer
 from keras_gap.growing.gates import (BLOCK, EPOCH, PENALTY_INTEGRAL, TOTAL_EPOCHS, TRAIN_COST,
                                      TRAIN_EPOCHS)
 
@@ -176,7 +177,9 @@ class GrowingCallback(keras.callbacks.Callback):
         variables are added to the optimizer's exclusion set directly; the
         train step, traced at its first call, reads it.
         """
-        opt = getattr(model, "optimizer", None)
+        # The optimizer that applies the decay (inside LossScaleOptimizer and
+        # keras-gap's wrappers, which hide `weight_decay`).
+        opt = base_optimizer(getattr(model, "optimizer", None))
         if opt is None or not getattr(opt, "weight_decay", None):
             return
         keys = {opt._var_key(g.score) for g in self.gates}

@@ -34,7 +34,7 @@ def _functional(model, what="add_gates"):
                          "(or call model.build(shape)) first.")
     functional = getattr(model, "_functional", None) if isinstance(
         model, keras.Sequential) else model
-    if functional is None or not hasattr(functional, "_nodes_by_depth"):
+    if not isinstance(functional, keras.Function):
         raise ValueError(
             f"{what}: model {model.name!r} ({type(model).__name__}) has no layer graph; "
             "growing needs a Sequential model built with an input shape or a Functional "
@@ -151,8 +151,7 @@ def _channel_sites(space, functional, graph):
                                   np.arange(group.size)):
                 reason = f"{name!r} holds only part of the group's channels"
                 break
-            node = layer._inbound_nodes[0]
-            after = users.get(id(node.outputs[0]), [])
+            after = users.get(id(layer.output), [])  # called once: node 0's output
             if (len(after) == 1 and isinstance(after[0], L.BatchNormalization)
                     and calls.get(id(after[0])) == 1 and id(after[0]) in top):
                 chosen.append((layer, after[0]))

@@ -398,7 +398,7 @@ def _sequential_calls(model):
 
 
 def _layer_calls(model):
-    if getattr(model, "_nodes_by_depth", None) and hasattr(model, "_operations"):
+    if isinstance(model, keras.Function):
         return _node_calls(model)
     functional = getattr(model, "_functional", None)
     if functional is not None:

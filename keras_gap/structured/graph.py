@@ -263,7 +263,7 @@ class ChannelGraph:
                     f"Sequential model {model.name!r} is not built with an input "
                     "shape; give it a keras.Input (or call model.build(shape)) "
                     "before analysing its channels.")
-        if not hasattr(functional, "_nodes_by_depth"):
+        if not isinstance(functional, keras.Function):
             raise ValueError(
                 f"Model {model.name!r} ({type(model).__name__}) is not a Sequential "
                 "or Functional model; channel analysis needs its layer graph.")
