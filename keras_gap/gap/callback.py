@@ -10,26 +10,24 @@ P-GaP (``method="pgap"``) runs its K copies one after another in the same
 fit: every copy starts from the round's sparse model, copy i grows partition
 i; at the end of a round partition i is taken from copy i, the other weights
 (biases, norms, dense layers) are averaged over the copies, and everything is
-pruned back to the target. `pgap.merge_copies` is the pure merge step a
-distributed worker pool can reuse.
+pruned back to the target.
+
+The step logic (what is grown, prune back, grow next, the P-GaP merge) is
+`GaPEngine` (gap/engine.py): this callback decides *when* (the boundaries of
+the schedule inside one fit) and reports; the Ray runner drives the same engine.
 """
 
 import math
 import warnings
 
-import numpy as np
-from keras import ops
-
-from keras_gap import masks as mask_lib
-from keras_gap import optimizer_state
-from keras_gap.optimizer_wrappers import base_optimizer
 from keras_gap.callbacks import PruningSummaries, UpdatePruningStep, overall_sparsity
 from keras_gap.console import LogFraction, LogInt
 from keras_gap.gap import pgap
 from keras_gap.gap.api import gap_wrappers
+from keras_gap.gap.engine import RESET_MODES, GaPEngine
 from keras_gap.gap.step_lr import StepLR
+from keras_gap.optimizer_wrappers import base_optimizer
 
-RESET_MODES = ("fresh", "all", "none")
 
 
 class GaPCallback(UpdatePruningStep):
@@ -100,8 +98,7 @@ class GaPCallback(UpdatePruningStep):
         self._last_lr = None
         self.verbose = verbose
         self._summaries = PruningSummaries(log_dir) if log_dir else None
-        self._pgap_snapshot = None
-        self._pgap_copies = {}
+        self.engine = None  # a GaPEngine from on_train_begin: the step logic
         self._checked_length = False
 
     # Setup ----------------------------------------------------------------------
@@ -119,10 +116,9 @@ class GaPCallback(UpdatePruningStep):
                         "steps per epoch. Pass steps_per_epoch= to fit, or use "
                         "prune_gap(steps_per_step=...).")
                 w.pruning_schedule = sched.resolve(steps_per_epoch)
-        self.schedule = self.wrappers[0].pruning_schedule
-        self.partitions = {}
-        for w in self.wrappers:
-            self.partitions.setdefault(w.pruning_schedule.partition, []).append(w)
+        self.engine = GaPEngine(self.model, reset_optimizer=self.reset_optimizer,
+                                gradient_of=self._gradient_of, channel_plan=self._channel_plan)
+        self.schedule, self.partitions = self.engine.schedule, self.engine.partitions
         self._partition_cache = self.partition_sparsities()
         self._sparse_part = self.sparse_part_sparsity(self.grown_partition())
         if self.step_lr is not None:
@@ -137,7 +133,7 @@ class GaPCallback(UpdatePruningStep):
                     "P-GaP resumed in the middle of a round: the copies trained "
                     "before the interruption are not in the checkpoint, so this "
                     "round's merge takes their partitions from the resumed model.")
-                self._pgap_snapshot = pgap.snapshot(self.model, self.wrappers)
+                self.engine.round_base = pgap.snapshot(self.model, self.wrappers)
 
     def _setup_step_lr(self, steps_per_epoch):
         optimizer = base_optimizer(self.model.optimizer)
@@ -237,14 +233,7 @@ class GaPCallback(UpdatePruningStep):
         if j > s.num_gap_steps:
             return
         self.model  # JAX: sync trainer state into the variables before editing.
-        if j == 0:
-            self._initialize()
-        elif s.method == "pgap":
-            self._pgap_boundary(j)
-        else:
-            self._cgap_boundary(j)
-        if self.reset_optimizer == "fresh":  # every phase starts as a new run
-            optimizer_state.restart(self.model.optimizer, self.model.trainable_variables)
+        self.engine.step(j)
         self.sparsity = overall_sparsity(self.wrappers)
         self._partition_cache = self.partition_sparsities()
         self._sparse_part = self.sparse_part_sparsity(
@@ -253,152 +242,10 @@ class GaPCallback(UpdatePruningStep):
             self._announce(j, step)
         self._write_summaries()
 
-    def _initialize(self):
-        """Step 0: exact-count random masks; partition 0 starts grown.
-
-        For P-GaP the all-sparse model is the round's base snapshot that
-        every copy starts from.
-        """
-        plan = getattr(self, "_channel_plan", None)
-        if plan is not None:  # structure="channel": random whole channels per group
-            self._channel_random(plan)
-        for w in self.wrappers:
-            if plan is not None and w.structure == "channel":
-                continue
-            sched = w.pruning_schedule
-            w.set_masks([self._random_mask(w, v, sched) for v in w.pruned_weights])
-            self._zero_removed_slots(w)
-        if self.schedule.method == "pgap":
-            self._pgap_snapshot = pgap.snapshot(self.model, self.wrappers)
-            self._pgap_copies = {}
-        self._grow(self.partitions[0])
-
-    @staticmethod
-    def _random_mask(wrapper, variable, sched):
-        # Seed from names that do not depend on auto-numbered model names.
-        seed = _seed(sched.seed, f"{wrapper.layer.name}/{variable.name}")
-        if wrapper.sparsity_m_by_n is not None:
-            import keras
-            scores = keras.random.uniform(tuple(variable.shape), seed=seed)
-            return mask_lib.n_by_m_mask(scores, wrapper.sparsity_m_by_n)
-        return mask_lib.random_mask(tuple(variable.shape), sched.target_sparsity,
-                                    seed=seed, block_size=wrapper.block_size)
-
-    def _cgap_boundary(self, j):
-        k = self.schedule.num_partitions
-        self._prune_back(self.partitions[(j - 1) % k])
-        if j < self.schedule.num_gap_steps:
-            self._grow(self.partitions[j % k])
-        if self.reset_optimizer == "all":
-            self._reset_all_slots()
-
-    def _pgap_boundary(self, j):
-        k = self.schedule.num_partitions
-        finished = (j - 1) % k
-        self._pgap_copies[finished] = pgap.snapshot(self.model, self.wrappers)
-        if j % k:  # next copy of the same round: restart from the round's model
-            pgap.restore(self.model, self.wrappers, self._pgap_snapshot)
-            self._grow(self.partitions[j % k])
-        else:      # round complete: merge the K copies, prune everything back
-            merged = pgap.merge_copies(
-                self._pgap_copies,
-                pgap.partition_indices(self.model, self.wrappers, self.partitions),
-                base=self._pgap_snapshot)
-            pgap.restore(self.model, self.wrappers, merged)
-            self._prune_back(self.wrappers)
-            self._pgap_copies = {}
-            if j < self.schedule.num_gap_steps:
-                self._pgap_snapshot = pgap.snapshot(self.model, self.wrappers)
-                self._grow(self.partitions[0])
-        self._reset_all_slots()  # every copy is a fresh run
-
-    # Mask edits ---------------------------------------------------------------------
-    def _prune_back(self, wrappers):
-        plan = getattr(self, "_channel_plan", None)
-        if plan is not None:
-            self._channel_prune_back(plan, wrappers)
-            wrappers = [w for w in wrappers if w.structure != "channel"]
-        if not wrappers:
-            return
-        if self.schedule.distribution == "global":
-            self._prune_back_global(wrappers)
-        else:
-            for w in wrappers:
-                gradients = None
-                if getattr(w.criterion, "needs_gradients", False):  # FGGP
-                    gradients = [self._gradient_of(v) for v in w.pruned_weights]
-                w.update_masks(w.pruning_schedule.target_sparsity, gradients=gradients)
-        for w in wrappers:
-            self._zero_removed_slots(w)
-
-    def _prune_back_global(self, wrappers):
-        """One magnitude threshold across every pruned layer, with the budget
-        that puts the whole model exactly at its target.
-
-        ``wrappers`` (the partition being pruned back) compete with the kept
-        weights of the sparse partitions: a layer that matters more keeps more,
-        so per-layer ratios become non-uniform even with one layer per
-        partition. Sparse layers can lose weights here but never regrow one
-        (their removed weights rank last); they regrow only when grown.
-        """
-        chosen = {id(w) for w in wrappers}
-        ranked = [w for w in self.wrappers if w.structure != "channel"]
-        budget = sum(mask_lib.num_to_keep(n, w.pruning_schedule.target_sparsity)
-                     for w in ranked for n, _ in w.mask_counts())
-        scores = []
-        for w in ranked:
-            for v, m in zip(w.pruned_weights, w.masks):
-                s = ops.convert_to_tensor(w.criterion.scores(v, m), "float32")
-                if id(w) not in chosen:  # removed weights of sparse layers stay removed
-                    s = ops.where(ops.convert_to_tensor(m) > 0, s, float("-inf"))
-                scores.append(s)
-        new = iter(mask_lib.joint_topk_masks(scores, max(budget, 0)))
-        for w in ranked:
-            w.set_masks([next(new) for _ in w.pruned_weights])
-            if id(w) not in chosen:
-                self._zero_removed_slots(w)
-
-    def _grow(self, wrappers):
-        plan = getattr(self, "_channel_plan", None)
-        if plan is not None:
-            self._channel_grow(plan, wrappers)
-            wrappers = [w for w in wrappers if w.structure != "channel"]
-        for w in wrappers:
-            w.set_masks([ops.ones(tuple(v.shape)) for v in w.pruned_weights])
-
-    # Channel structure: GaP grows and prunes back whole channel groups -------------
-    # prune_gap(structure="channel") puts every layer of a channel group in one
-    # partition, so a partition's groups are those of its producers.
-    def _channel_random(self, plan):
-        groups = plan.groups_for(plan.wrappers)
-        plan.random(groups, {g: plan.producers[g][0].pruning_schedule.target_sparsity
-                             for g in groups}, seed=self.schedule.seed)
-        for w in plan.wrappers:
-            self._zero_removed_slots(w)
-
-    def _channel_prune_back(self, plan, wrappers):
-        groups = plan.groups_of_producers(wrappers)
-        touched = plan.update(groups, {g: plan.producers[g][0].pruning_schedule.target_sparsity
-                                       for g in groups}, self._gradient_of)
-        for w in touched:
-            self._zero_removed_slots(w)
-
-    def _channel_grow(self, plan, wrappers):
-        groups = plan.groups_of_producers(wrappers)
-        plan.apply({g: np.ones(plan.graph.groups[g].size, np.float32) for g in groups})
-
-    def _zero_removed_slots(self, wrapper):
-        for v, m in zip(wrapper.pruned_weights, wrapper.masks):
-            optimizer_state.mask_slots(self.model.optimizer, v, m)
-
-    def _reset_all_slots(self):
-        for v in self.model.trainable_variables:
-            optimizer_state.reset_slots(self.model.optimizer, v)
-
     # Reporting ------------------------------------------------------------------------
     def partition_sparsities(self):
         """{partition: sparsity of its pruned weights}."""
-        return {p: overall_sparsity(ws) for p, ws in self.partitions.items()}
+        return self.engine.partition_sparsities()
 
     def sparse_part_sparsity(self, grown):
         """Sparsity of the pruned weights outside partition ``grown`` (None: all).
@@ -407,8 +254,7 @@ class GaPCallback(UpdatePruningStep):
         partition can leave it near 0); the rest of the model is at its
         target, which is what the logs' ``sparse_part_sparsity`` shows.
         """
-        return overall_sparsity([w for p, ws in self.partitions.items() if p != grown
-                                 for w in ws])
+        return self.engine.sparse_part_sparsity(grown)
 
     def grown_partition(self):
         """Partition grown during the last completed step (-1: fine-tuning)."""
@@ -456,7 +302,3 @@ class GaPCallback(UpdatePruningStep):
         if self._summaries is not None:
             self._summaries.on_train_end()
 
-
-def _seed(seed, path):
-    """A per-variable seed derived from the run seed and a variable's name."""
-    return (int(seed) * 1_000_003 + sum(ord(c) * 31 ** i for i, c in enumerate(path))) % (2**31 - 1)

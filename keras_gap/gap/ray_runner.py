@@ -5,19 +5,22 @@ partition i grown. In-process (``prune_gap(method="pgap")`` + `GaPCallback`)
 the copies run one after another; here each runs on a Ray actor:
 
 * the driver builds the model, prunes it with `prune_gap` and sets the
-  exact-count random masks (`GaPCallback`'s boundary 0);
+  exact-count random masks (`GaPEngine.initialize`, GaP step 0);
 * every round it puts the round's model (weights and masks, numpy arrays) in
   the object store once; worker i restores it, grows partition i, resets the
   optimizer exactly as the in-process P-GaP does at that GaP step (slots
   zeroed, ``iterations`` at the step's in-process value, or a fresh optimizer
   with ``reset_optimizer="fresh"``), trains ``epochs_per_step`` epochs with
-  every mask fixed and returns its variables;
-* the driver merges them with `pgap.merge_copies` (partition i from copy i,
-  everything else averaged), prunes every partition back with
-  `GaPCallback`'s prune-back, writes a checkpoint atomically and starts the
-  next round;
+  every mask fixed and returns its variables (`rounds.train_copy`);
+* the driver merges them and prunes every partition back
+  (`GaPEngine.merge_round`: partition i from copy i, everything else
+  averaged; the step logic `GaPCallback` drives too), writes a checkpoint
+  atomically (`rounds.RoundCheckpoint`) and starts the next round;
 * after the last round the driver fine-tunes ``finetune_epochs`` with every
   mask fixed (on the driver: the returned model is the driver's).
+
+This module is the Ray plumbing (cluster, actors, thread limits, shipping the
+user's code); the round logic, which needs no Ray, is gap/rounds.py.
 
 Workers are plain Ray actors in a `ray.util.ActorPool` (not Ray Train), each
 keeping one model alive across rounds (values are assigned, the model is
@@ -34,11 +37,10 @@ import os
 import socket
 import time
 
-import numpy as np
+from keras_gap.gap import rounds
+from keras_gap.gap.rounds import CHECKPOINT, fit_inputs, prepare_model  # noqa: F401
 
 EXTRA = "pip install 'keras-gap[distributed]'"
-CHECKPOINT = "pgap_checkpoint.npz"
-_FORMAT = 1
 
 
 def _import_ray():
@@ -105,137 +107,6 @@ def limit_threads(threads, backend):
     return threads
 
 
-# Model and data on a worker (and on the driver) -------------------------------------
-def prepare_model(build, gap_kwargs):
-    """Calls ``build()``, checks it, prunes it with `prune_gap`, recompiles.
-
-    Args:
-        build: callable returning a compiled, unpruned Keras model.
-        gap_kwargs: keyword arguments of `prune_gap` (method is "pgap").
-
-    Returns:
-        The compiled GaP model.
-
-    Example:
-        >>> pruned = prepare_model(build, {"target_sparsity": 0.9, "num_partitions": 2})
-    """
-    import keras
-
-    from keras_gap.gap.api import prune_gap
-    model = build()
-    if not isinstance(model, keras.Model):
-        raise ValueError("PGaPRunner: `build()` must return a compiled keras.Model; "
-                         f"it returned {type(model).__name__}.")
-    if getattr(model, "optimizer", None) is None or not model.compiled:
-        raise ValueError(
-            f"PGaPRunner: `build()` returned model {model.name!r} uncompiled. Compile it "
-            "inside build (model.compile(optimizer, loss, metrics)): every worker trains "
-            "with that optimizer and loss.")
-    config = model.get_compile_config()
-    try:
-        pruned = prune_gap(model, method="pgap", **gap_kwargs)
-    except ValueError as e:
-        raise ValueError(f"PGaPRunner: `build()` returned model {model.name!r} that "
-                         f"prune_gap cannot prepare: {e}") from e
-    pruned.compile_from_config(config)
-    return pruned
-
-
-def fit_inputs(data):
-    """``data()``'s result as keyword arguments of ``model.fit``.
-
-    Accepted: ``(x, y)`` arrays; ``((x, y), (x_val, y_val))``;
-    ``(train_ds, val_ds)`` (``val_ds`` may be None); a dataset; or a dict of
-    `fit` arguments (``x``, ``y``, ``validation_data``, ...).
-
-    Args:
-        data: what ``data()`` returned.
-
-    Returns:
-        dict of `fit` keyword arguments.
-
-    Example:
-        >>> fit_inputs((x, y))
-        {'x': x, 'y': y}
-    """
-    def is_array(a):
-        return hasattr(a, "shape") and hasattr(a, "__len__")
-
-    if isinstance(data, dict):
-        if "x" not in data:
-            raise ValueError("PGaPRunner: a dict from `data()` must hold fit arguments "
-                             f"including 'x'; got keys {sorted(data)}.")
-        return dict(data)
-    if isinstance(data, (tuple, list)) and len(data) == 2:
-        a, b = data
-        if is_array(a) and is_array(b):
-            return {"x": a, "y": b}
-        out = {"x": a[0], "y": a[1]} if isinstance(a, (tuple, list)) else {"x": a}
-        if b is not None:
-            out["validation_data"] = tuple(b) if isinstance(b, list) else b
-        return out
-    if data is None or is_array(data):
-        raise ValueError(
-            "PGaPRunner: `data()` must return (x, y), ((x, y), (x_val, y_val)), "
-            "(train_ds, val_ds), a dataset, or a dict of fit arguments; it returned "
-            f"{type(data).__name__}.")
-    return {"x": data}
-
-
-def _copy_callback_class():
-    from keras_gap import optimizer_state
-    from keras_gap.callbacks import overall_sparsity
-    from keras_gap.gap import pgap
-    from keras_gap.gap.callback import GaPCallback
-
-    class CopyCallback(GaPCallback):
-        """`GaPCallback` for one GaP step run on its own: one P-GaP copy, or the
-        fine-tuning.
-
-        At the start of the fit it puts the round's values in place, sets the
-        step counters to where the in-process schedule would be at GaP step
-        ``gap_step``, grows ``grow`` (None: fine-tuning) and resets the
-        optimizer as the in-process P-GaP boundary does; no mask changes
-        during the fit.
-        """
-
-        def __init__(self, values, gap_step, grow, reset_optimizer, report=None):
-            super().__init__(reset_optimizer=reset_optimizer, verbose=0)
-            self._values, self._gap_step, self._grow_partition = values, gap_step, grow
-            self._report = report
-            self._checked_length = True  # this fit is one GaP step, not the schedule
-
-        def on_train_begin(self, logs=None):
-            super().on_train_begin(logs)
-            model = self.model  # JAX: sync state before editing variables
-            pgap.restore(model, self.wrappers, self._values)
-            s = self.schedule
-            start = s.begin_step - 1 + self._gap_step * s.steps_per_step
-            self.set_step(start)  # every wrapper's pruning_step too
-            if self._grow_partition is not None:
-                self._grow(self.partitions[self._grow_partition])
-            self._reset_all_slots()  # every copy is a fresh run (as in-process)
-            optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
-            if self.reset_optimizer == "fresh":
-                optimizer_state.restart(model.optimizer, model.trainable_variables)
-                optimizer.iterations.assign(0)
-            else:
-                optimizer.iterations.assign(self._gap_step * s.steps_per_step)
-            self.sparsity = overall_sparsity(self.wrappers)
-            self._partition_cache = self.partition_sparsities()
-            self.start_step = start
-
-        def _boundary(self, step):
-            """Masks stay fixed inside one GaP step."""
-
-        def on_epoch_end(self, epoch, logs=None):
-            super().on_epoch_end(epoch, logs)
-            if self._report is not None:
-                self._report(epoch, dict(logs or {}))
-
-    return CopyCallback
-
-
 class Worker:
     """One P-GaP worker (a Ray actor): one model kept alive across rounds.
 
@@ -258,55 +129,33 @@ class Worker:
         backend = os.environ.get("KERAS_BACKEND", "tensorflow")
         self.threads = limit_threads(threads, backend)
         from keras_gap.gap.api import gap_wrappers
-        self.model = prepare_model(build, gap_kwargs)
+        self.model = rounds.prepare_model(build, gap_kwargs)
         self.wrappers = gap_wrappers(self.model)
-        self.inputs = fit_inputs(data())
+        self.inputs = rounds.fit_inputs(data())
         self.fit_kwargs = dict(fit_kwargs)
         self.seed = seed
         self.backend = backend
 
     def train_copy(self, values, round_index, partition, epochs, reset_optimizer,
                    queue=None):
-        """Trains the round's model with ``partition`` grown; returns its values.
+        """Trains the round's model with ``partition`` grown; returns its values
+        (`rounds.train_copy`).
 
         ``queue``: optional Ray queue for per-epoch progress (passed per call:
         an actor handle among the constructor's arguments would make Ray warn
         that restarts depend on the object store).
         """
-        import keras
-
-        from keras_gap.gap import pgap
-        t0 = time.time()
-        k = self.wrappers[0].pruning_schedule.num_partitions
-        gap_step = round_index * k + partition
-        keras.utils.set_random_seed(self.seed + gap_step)  # a redo is the same run
-        for w in self.wrappers:  # (GaPCallback's resume check reads the counter)
-            w.pruning_step.assign(0)
-        pid = os.getpid()
+        t0, pid = time.time(), os.getpid()
 
         def report(epoch, logs):
             if queue is not None:
                 queue.put({"round": round_index, "partition": partition, "pid": pid,
-                                "epoch": epoch + 1, "epochs": epochs,
-                                "logs": _floats(logs), "seconds": time.time() - t0})
+                           "epoch": epoch + 1, "epochs": epochs,
+                           "logs": _floats(logs), "seconds": time.time() - t0})
 
-        callback = _copy_callback_class()(values, gap_step, partition, reset_optimizer, report)
-        kwargs = {"verbose": 0, **self.fit_kwargs, **self.inputs}
-        history = self.model.fit(epochs=epochs, callbacks=[callback], **kwargs)
-        return {"values": pgap.snapshot(self.model, self.wrappers),
-                "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
-                "partition": partition, "pid": pid, "seconds": time.time() - t0,
-                "threads": _intra_op_threads(),
-                "steps_per_step": int(callback.schedule.steps_per_step)}
-
-
-def _intra_op_threads():
-    """TensorFlow's intra-op thread count in this process (None without TF)."""
-    try:
-        import tensorflow as tf
-        return int(tf.config.threading.get_intra_op_parallelism_threads())
-    except ImportError:
-        return None
+        return rounds.train_copy(self.model, self.wrappers, self.inputs, self.fit_kwargs,
+                                 values, round_index, partition, epochs, reset_optimizer,
+                                 seed=self.seed, report=report)
 
 
 def _floats(logs):
@@ -507,7 +356,7 @@ class PGaPRunner:
                  checkpoint_dir=None, gap_kwargs=None, fit_kwargs=None,
                  reset_optimizer="all", cpus_per_worker=None, gpus_per_worker=0,
                  max_restarts=2, seed=0, verbose=1, log_to_driver=False, runtime_env=None):
-        from keras_gap.gap.callback import RESET_MODES
+        from keras_gap.gap.engine import RESET_MODES
         for name, fn in (("build", build), ("data", data)):
             if not callable(fn):
                 raise ValueError(f"PGaPRunner: `{name}` must be a function that runs on every "
@@ -577,43 +426,29 @@ class PGaPRunner:
             >>> run.history[-1]["sparsity"]
         """
         ray = _import_ray()
-        model, helper = self._driver_model()
-        state, base = self._load_checkpoint(model, helper)
+        model, engine = rounds.driver_engine(self.build, self.gap_kwargs, self.reset_optimizer)
+        state, base = self._load_checkpoint(model, engine)
         if state is None:
-            helper._initialize()  # exact-count random masks (partition 0 grown ...)
-            base = helper._pgap_snapshot  # ... the round's base is the all-sparse model
+            engine.initialize()  # exact-count random masks (partition 0 grown ...)
+            base = engine.round_base  # ... the round's base is the all-sparse model
             state = {"rounds_done": 0, "finetuned": False, "history": [],
                      "steps_per_step": None}
-            self._save_checkpoint(state, base)
+            self._checkpoint.save(state, base)
         self.history = list(state["history"])
         from keras_gap.gap import pgap
         if state["rounds_done"] < self.rounds:
             with self._ray_session(ray):
-                base = self._run_rounds(ray, model, helper, state, base)
-        pgap.restore(model, helper.wrappers, base)
+                base = self._run_rounds(ray, model, engine, state, base)
+        pgap.restore(model, engine.wrappers, base)
         if not state["finetuned"]:
-            self._finetune(model, helper, state, base)
+            self._finetune(model, engine, state, base)
         elif state.get("final_step") is not None:
-            for w in helper.wrappers:
+            for w in engine.wrappers:
                 w.pruning_step.assign(state["final_step"])
         self.model = model
         return model
 
     # Driver side ---------------------------------------------------------------------
-    def _driver_model(self):
-        from keras_gap.gap.callback import GaPCallback
-        model = prepare_model(self.build, dict(self.gap_kwargs))
-        helper = GaPCallback(reset_optimizer=self.reset_optimizer, verbose=0)
-        helper.set_model(model)
-        helper.set_params({"steps": 1, "epochs": 1})
-        from keras_gap.gap.api import gap_wrappers
-        schedules = [w.pruning_schedule for w in gap_wrappers(model)]
-        helper.on_train_begin()
-        helper.on_train_end()
-        for w, s in zip(helper.wrappers, schedules):  # keep them epoch-based
-            w.pruning_schedule = s
-        return model, helper
-
     def _ray_session(self, ray):
         runner = self
 
@@ -685,17 +520,14 @@ class PGaPRunner:
                    for _ in range(self.num_workers)]
         return workers, queue
 
-    def _run_rounds(self, ray, model, helper, state, base):
+    def _run_rounds(self, ray, model, engine, state, base):
         from ray.util import ActorPool
 
-        from keras_gap.callbacks import overall_sparsity
-        from keras_gap.gap import pgap
         per_cpu = self._placement(ray)
         self._say(f"[P-GaP] starting {self.num_workers} Ray workers ({per_cpu:g} CPU, "
                   f"{self.gpus_per_worker:g} GPU, {max(1, int(per_cpu))} threads each)")
         workers, queue = self._start_workers(ray, per_cpu)
         try:
-            owned = pgap.partition_indices(model, helper.wrappers, helper.partitions)
             k = self.num_partitions
             for r in range(state["rounds_done"], self.rounds):
                 t0 = time.time()
@@ -716,12 +548,10 @@ class PGaPRunner:
                     results[res["partition"]] = res
                 self._drain(queue)
                 t1 = time.time()
-                merged = pgap.merge_copies({p: results[p]["values"] for p in results}, owned)
-                pgap.restore(model, helper.wrappers, merged)
-                helper._prune_back(helper.wrappers)
-                base = pgap.snapshot(model, helper.wrappers)
+                engine.round_base = base
+                base = engine.merge_round({p: results[p]["values"] for p in results})
                 merge_s = time.time() - t1
-                sparsity = overall_sparsity(helper.wrappers)
+                sparsity = engine.sparsity()
                 wall = time.time() - t0
                 slowest = max(res["seconds"] for res in results.values())
                 entry = {"round": r + 1, "sparsity": sparsity, "seconds": wall,
@@ -735,11 +565,11 @@ class PGaPRunner:
                 self.history.append(entry)
                 state.update(rounds_done=r + 1, history=self.history,
                              steps_per_step=results[0]["steps_per_step"])
-                self._save_checkpoint(state, base)
+                self._checkpoint.save(state, base)
                 self._say(f"[P-GaP] round {r + 1}/{self.rounds}: merged {len(results)} copies "
                           f"in {merge_s:.2f} s, pruned back to sparsity {sparsity:.4f}; round "
                           f"{wall:.1f} s (slowest copy {slowest:.1f} s)"
-                          + (f"; checkpoint {self._checkpoint_path()}"
+                          + (f"; checkpoint {self._checkpoint.path}"
                              if self.checkpoint_dir else ""))
         finally:
             for w in workers:
@@ -783,74 +613,37 @@ class PGaPRunner:
                       f"{item['epoch']}/{item['epochs']}: {metrics} sparsity "
                       f"{logs.get('sparsity', float('nan')):.4f} ({item['seconds']:.1f} s)")
 
-    def _finetune(self, model, helper, state, base):
-        steps_per_step = state.get("steps_per_step")
-        k = self.num_partitions
-        if self.finetune_epochs:
-            t0 = time.time()
-            callback = _copy_callback_class()(base, self.rounds * k, None,
-                                              self.reset_optimizer)
-            kwargs = {"verbose": 0, **self.fit_kwargs, **fit_inputs(self.data())}
-            history = model.fit(epochs=self.finetune_epochs, callbacks=[callback], **kwargs)
-            self.finetune_history = {key: [float(v) for v in vs]
-                                     for key, vs in history.history.items()}
+    def _finetune(self, model, engine, state, base):
+        import keras
+
+        from keras_gap.gap import pgap
+        t0 = time.time()
+        self.finetune_history = rounds.finetune(
+            model, engine, base, fit_inputs(self.data()), self.fit_kwargs,
+            self.finetune_epochs, self.reset_optimizer, self.rounds * self.num_partitions,
+            state.get("steps_per_step"))
+        if self.finetune_history is not None:
             self._say(f"[P-GaP] fine-tuned {self.finetune_epochs} epochs on the driver in "
                       f"{time.time() - t0:.1f} s: " + " ".join(
                           f"{key} {vs[-1]:.4f}" for key, vs in self.finetune_history.items()))
-        elif steps_per_step:  # no fine-tuning: counters at the end of the rotation
-            for w in helper.wrappers:
-                w.pruning_step.assign(w.pruning_schedule.begin_step - 1
-                                      + self.rounds * k * steps_per_step)
-        from keras_gap.gap import pgap
-        import keras
         state.update(finetuned=True, finetune_history=self.finetune_history,
-                     final_step=int(keras.ops.convert_to_numpy(helper.wrappers[0].pruning_step)))
-        self._save_checkpoint(state, pgap.snapshot(model, helper.wrappers))
+                     final_step=int(keras.ops.convert_to_numpy(engine.wrappers[0].pruning_step)))
+        self._checkpoint.save(state, pgap.snapshot(model, engine.wrappers))
 
     # Checkpoints -----------------------------------------------------------------------
-    def _checkpoint_path(self):
-        return os.path.join(self.checkpoint_dir, CHECKPOINT)
-
-    def _signature(self, model, helper):
+    def _load_checkpoint(self, model, engine):
         from keras_gap.gap import pgap
-        shapes = [list(v.shape) for v in pgap._tracked_variables(model, helper.wrappers)]
-        return {"gap_kwargs": json.loads(json.dumps(self.gap_kwargs, default=repr)),
-                "reset_optimizer": self.reset_optimizer, "seed": self.seed,
-                "shapes": shapes}
-
-    def _save_checkpoint(self, state, values):
-        if self.checkpoint_dir is None:
-            return
-        os.makedirs(self.checkpoint_dir, exist_ok=True)
-        state = dict(state, format=_FORMAT, signature=self._sig)
-        path = self._checkpoint_path()
-        tmp = f"{path}.tmp-{os.getpid()}"
-        arrays = {f"v{i}": np.asarray(v) for i, v in enumerate(values)}
-        with open(tmp, "wb") as f:
-            np.savez(f, __state__=np.array(json.dumps(state)), **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic: a reader sees the old or the new file, whole
-
-    def _load_checkpoint(self, model, helper):
-        self._sig = self._signature(model, helper)
-        if self.checkpoint_dir is None or not os.path.exists(self._checkpoint_path()):
-            return None, None
-        path = self._checkpoint_path()
-        with np.load(path, allow_pickle=False) as f:
-            state = json.loads(str(f["__state__"]))
-            values = [f[f"v{i}"] for i in range(len(f.files) - 1)]
-        if state.get("format") != _FORMAT or state.get("signature") != self._sig:
-            old = state.get("signature") or {}
-            diff = sorted(k for k in set(old) | set(self._sig) if old.get(k) != self._sig.get(k))
-            raise ValueError(
-                f"PGaPRunner: the checkpoint {path!r} was written by a run with different "
-                f"settings ({', '.join(diff) or 'format'} differ). Use another "
-                "checkpoint_dir, or the settings of that run to resume it.")
-        done = state["rounds_done"]
-        self._say(f"[P-GaP] resuming from {path}: {done}/{self.rounds} rounds done"
-                  + (", fine-tuned" if state.get("finetuned") else ""))
-        self.finetune_history = state.get("finetune_history")
+        shapes = [list(v.shape) for v in pgap._tracked_variables(model, engine.wrappers)]
+        signature = {"gap_kwargs": json.loads(json.dumps(self.gap_kwargs, default=repr)),
+                     "reset_optimizer": self.reset_optimizer, "seed": self.seed,
+                     "shapes": shapes}
+        self._checkpoint = rounds.RoundCheckpoint(self.checkpoint_dir, signature)
+        state, values = self._checkpoint.load()
+        if state is not None:
+            self._say(f"[P-GaP] resuming from {self._checkpoint.path}: {state['rounds_done']}/"
+                      f"{self.rounds} rounds done"
+                      + (", fine-tuned" if state.get("finetuned") else ""))
+            self.finetune_history = state.get("finetune_history")
         return state, values
 
     def _say(self, line):

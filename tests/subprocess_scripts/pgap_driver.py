@@ -13,10 +13,10 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from keras_gap.gap import ray_runner  # noqa: E402
+from keras_gap.gap import ray_runner, rounds  # noqa: E402
 import ray_testlib  # noqa: E402
 
-_save = ray_runner.PGaPRunner._save_checkpoint
+_save = rounds.RoundCheckpoint.save
 
 
 def _save_then_die(self, state, values):
@@ -26,7 +26,7 @@ def _save_then_die(self, state, values):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-ray_runner.PGaPRunner._save_checkpoint = _save_then_die
+rounds.RoundCheckpoint.save = _save_then_die
 import ray  # noqa: E402
 
 ray.init(address=sys.argv[2], log_to_driver=False)
