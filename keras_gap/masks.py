@@ -92,26 +92,28 @@ def validate_block_size(block_size):
 
 
 def validate_m_by_n(sparsity_m_by_n):
-    """Returns ``(n_kept, m)`` validated, or None.
+    """Returns ``(m, n)`` validated, or None.
 
-    keras-gap reads ``sparsity_m_by_n=(N, M)`` as NVIDIA's "N:M": N non-zeros
-    kept in every group of M consecutive input channels (2:4 keeps 2 of 4).
+    ``sparsity_m_by_n=(M, N)`` means what it means in tf-mot: M zeros in every
+    group of N consecutive input channels, so N - M are kept ((2, 4): 2 of 4
+    kept; (1, 4): 3 of 4 kept). keras-gap before 0.9 read the pair as "M kept";
+    the two agree on (2, 4) and (1, 2).
     """
     if sparsity_m_by_n is None:
         return None
     try:
-        n, m = (int(v) for v in sparsity_m_by_n)
+        m, n = (int(v) for v in sparsity_m_by_n)
     except (TypeError, ValueError):
         raise ValueError(
-            "`sparsity_m_by_n` must be a pair (N, M) of ints with 0 < N < M, "
-            f"such as (2, 4); received {sparsity_m_by_n!r}."
+            "`sparsity_m_by_n` must be a pair (M, N) of ints with 0 < M < N (M zeros "
+            f"in every N, as in tf-mot), such as (2, 4); received {sparsity_m_by_n!r}."
         ) from None
-    if not 0 < n < m:
+    if not 0 < m < n:
         raise ValueError(
-            "`sparsity_m_by_n` must be a pair (N, M) with 0 < N < M (N "
-            f"non-zeros kept out of every M); received {sparsity_m_by_n!r}."
+            "`sparsity_m_by_n` must be a pair (M, N) with 0 < M < N (M zeros in every "
+            f"N consecutive input channels); received {sparsity_m_by_n!r}."
         )
-    return (n, m)
+    return (m, n)
 
 
 def validate_pooling_type(block_pooling_type):
@@ -214,38 +216,54 @@ def block_mask(scores, sparsity, block_size=(1, 1), block_pooling_type=AVG):
     return ops.reshape(keep, shape)
 
 
-def n_by_m_mask(scores, sparsity_m_by_n):
-    """Keeps the N highest scores in each group of M along the input axis.
+def n_by_m_mask(scores, sparsity_m_by_n, partial=True):
+    """Zeroes the M lowest scores in each group of N along the input axis
+    (tf-mot's ``sparsity_m_by_n=(M, N)``: N - M kept per group).
 
     Groups run along axis -2 (input channels: Dense [in, out], Conv
-    [kh, kw, cin, cout]), the layout TFLite and TensorRT use for 2:4.
+    [kh, kw, cin, cout]), the layout TFLite and TensorRT use for 2:4. When
+    that axis is not a multiple of N the last group is partial and, as in
+    tf-mot (which pads it with zeros), keeps ``min(N - M, size)`` entries.
 
     Args:
         scores: tensor of rank >= 2.
-        sparsity_m_by_n: (N, M) with 0 < N < M; N kept in every M.
+        sparsity_m_by_n: (M, N) with 0 < M < N; M zeros in every N.
+        partial: allow a partial last group (default, tf-mot); False raises
+            when the input axis is not a multiple of N.
 
     Returns:
-        float32 mask shaped like ``scores`` with exactly N ones in each group.
+        float32 mask shaped like ``scores`` with exactly N - M ones in each
+        full group.
 
     Example:
         >>> m = n_by_m_mask(keras.ops.abs(kernel), (2, 4))
     """
-    n_keep, m = validate_m_by_n(sparsity_m_by_n)
+    zeros, n = validate_m_by_n(sparsity_m_by_n)
+    keep = n - zeros
     shape = tuple(int(d) for d in ops.shape(scores))
-    if len(shape) < 2 or shape[-2] % m:
+    if len(shape) < 2 or (not partial and shape[-2] % n):
         raise ValueError(
-            f"sparsity_m_by_n={sparsity_m_by_n} needs a weight of rank >= 2 "
-            f"whose input-channel axis (-2) is divisible by M={m}; the weight "
-            f"has shape {shape}."
+            f"sparsity_m_by_n={sparsity_m_by_n} needs a weight of rank >= 2"
+            + ("" if partial else f" whose input-channel axis (-2) is divisible by "
+               f"N={n}") + f"; the weight has shape {shape}."
         )
-    # Move the input axis last and split it into groups of M.
+    # Move the input axis last, pad it to a multiple of N with scores that are
+    # never kept, and split it into groups of N.
     perm = list(range(len(shape)))
     perm[-2], perm[-1] = perm[-1], perm[-2]
     moved = ops.transpose(ops.cast(scores, "float32"), perm)
-    groups = ops.reshape(moved, (-1, m))
-    _, idx = ops.top_k(groups, n_keep, sorted=False)
-    mask = ops.sum(ops.one_hot(idx, m, dtype="float32"), axis=1)
-    mask = ops.reshape(mask, tuple(moved.shape))
+    channels = shape[-2]
+    pad = -channels % n
+    if pad:
+        moved = ops.pad(moved, [(0, 0)] * (len(shape) - 1) + [(0, pad)],
+                        constant_values=float("-inf"))
+    padded_shape = tuple(moved.shape)
+    groups = ops.reshape(moved, (-1, n))
+    _, idx = ops.top_k(groups, keep, sorted=False)
+    mask = ops.sum(ops.one_hot(idx, n, dtype="float32"), axis=1)
+    mask = ops.reshape(mask, padded_shape)
+    if pad:
+        mask = mask[..., :channels]
     return ops.transpose(mask, perm)
 
 

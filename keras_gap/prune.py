@@ -6,6 +6,8 @@ layers, so the pruned model starts from the original weights; the optimizer is
 not carried over (compile the pruned model).
 """
 
+import warnings
+
 import keras
 
 from keras_gap import criteria, distributions, registry
@@ -21,6 +23,14 @@ def _is_graph_model(model):
     # loses their class (see docs/DESIGN.md).
     return isinstance(model, keras.Sequential) or (
         isinstance(model, keras.Function) and type(model).__name__ == "Functional")
+
+
+def _warn_already_pruned(names, what):
+    warnings.warn(
+        f"prune_low_magnitude: every prunable layer of this {what} is already wrapped in "
+        f"PruneLowMagnitude ({names}); it is returned with those wrappers and their "
+        "schedules unchanged (as tf-mot does). To prune again with new settings, "
+        "strip it first with keras_gap.strip_pruning.", stacklevel=3)
 
 
 def _check_not_pruned(obj):
@@ -107,7 +117,8 @@ def prune_low_magnitude(to_prune, pruning_schedule=None, block_size=(1, 1),
             `PruneForLatencyOnXNNPack`: the model is checked first) or
             ``callable(layer) -> bool``; layers for which it returns False
             are left dense (first conv, classifier, ...).
-        sparsity_m_by_n: optional (N, M) structured sparsity, e.g. (2, 4).
+        sparsity_m_by_n: optional (M, N) structured sparsity, tf-mot's meaning:
+            M zeros in every N consecutive input channels, e.g. (2, 4) for 2:4.
         prune_depthwise: also prune DepthwiseConv kernels.
         criterion: "magnitude" (default), "random", a registered name or a
             `keras_gap.criteria.Criterion`.
@@ -181,10 +192,11 @@ def prune_low_magnitude(to_prune, pruning_schedule=None, block_size=(1, 1),
 
     if isinstance(to_prune, (list, tuple)):
         # As in tf-mot, wrapped layers and InputLayers of the list are kept as
-        # they are; a list with nothing left to wrap is an error.
+        # they are (a list with nothing left to wrap comes back unchanged).
         keep = (PruneLowMagnitude, keras.layers.InputLayer)
-        if all(isinstance(layer, keep) for layer in to_prune):
-            _check_not_pruned(to_prune)
+        if to_prune and all(isinstance(layer, keep) for layer in to_prune):
+            _warn_already_pruned([layer.name for layer in to_prune
+                                  if isinstance(layer, PruneLowMagnitude)], "list")
         _check_not_pruned([layer for layer in to_prune if not isinstance(layer, keep)])
         result = [layer if isinstance(layer, keep) else wrap(layer) for layer in to_prune]
     elif isinstance(to_prune, keras.Model):
@@ -194,6 +206,9 @@ def prune_low_magnitude(to_prune, pruning_schedule=None, block_size=(1, 1),
             pruning_policy.ensure_model_supports_pruning(to_prune)
         result = prune_model(to_prune, wrap, pruning_policy, prune_depthwise,
                              unsupported_layers, structure=structure)
+    elif isinstance(to_prune, PruneLowMagnitude):  # tf-mot returns it as it is
+        _warn_already_pruned([to_prune.name], "layer")
+        result = to_prune
     elif isinstance(to_prune, keras.layers.Layer):
         _check_not_pruned(to_prune)
         result = wrap(to_prune)
@@ -278,11 +293,9 @@ def prune_model(model, wrap, pruning_policy=None, prune_depthwise=False,
         return wrapper
 
     pruned = clone_with(model, clone_layer)
-    if not wrapped and already:
-        raise ValueError(
-            f"Model {model.name!r} is already pruned: every prunable layer is wrapped "
-            f"in PruneLowMagnitude ({[w.name for w in already]}). Keep training it, "
-            "or strip it first with keras_gap.strip_pruning.")
+    if not wrapped and already:  # tf-mot: a new model holding the same wrappers
+        _warn_already_pruned([w.name for w in already], f"model {model.name!r}")
+        return pruned
     if not wrapped:
         raise ValueError(
             f"Model {model.name!r} has no prunable weights (no Dense, Conv, "

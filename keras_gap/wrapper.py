@@ -97,9 +97,12 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             [all leading axes, last axis]; (1, 1) is unstructured. (4, 1) on a
             Dense kernel is TFLite's native float sparse block, (16, 1) int8's.
         block_pooling_type: "AVG" or "MAX", how a block's score is pooled.
-        sparsity_m_by_n: optional (N, M): keep N of every M consecutive input
-            channels (2:4 for NVIDIA sparse tensor cores). Overrides the
-            schedule's sparsity; masks are recomputed at every update.
+        sparsity_m_by_n: optional (M, N), tf-mot's meaning: M zeros in every
+            N consecutive input channels ((2, 4): 2:4 for NVIDIA sparse tensor
+            cores; (1, 4) keeps 3 of 4). Overrides the schedule's sparsity;
+            masks are recomputed at every update. An input axis that is not
+            a multiple of N ends in a partial group that keeps
+            ``min(N - M, size)`` (as tf-mot).
         prune_depthwise: also prune DepthwiseConv kernels (off by default).
         criterion: how weights are scored for removal; a name registered in
             `keras_gap.criteria` or a `Criterion` object. Default "magnitude".
@@ -117,9 +120,10 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             criterion summed per channel. In a model, `UpdatePruningStep`
             updates coupled channels together (see `keras_gap.channel_groups`).
         strict: with ``sparsity_m_by_n``, a weight whose input-channel axis
-            (-2) is not a multiple of M (or of rank < 2) raises a ValueError
-            when True; when False (default, as in tf-mot) that weight is left
-            unpruned with a warning naming it.
+            (-2) is not a multiple of N (or of rank < 2) raises a ValueError
+            when True; when False (default, as in tf-mot) the last group is
+            partial, and a weight of rank < 2 is left unpruned with a warning
+            naming it.
         **kwargs: passed to `keras.layers.Wrapper`.
 
     Returns:
@@ -135,6 +139,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                  prune_depthwise=False, criterion="magnitude", scope="layer",
                  distribution="uniform", pruning_group=None, structure="unstructured",
                  strict=False, **kwargs):
+        m_by_n_checked = kwargs.pop("_m_by_n_checked", False)
         if isinstance(layer, PruneLowMagnitude):
             raise ValueError(
                 f"Layer {layer.layer.name!r} is already wrapped for pruning; "
@@ -154,6 +159,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         self.block_size = mask_lib.validate_block_size(block_size)
         self.block_pooling_type = mask_lib.validate_pooling_type(block_pooling_type)
         self.sparsity_m_by_n = mask_lib.validate_m_by_n(sparsity_m_by_n)
+        if not m_by_n_checked:
+            _warn_m_by_n_meaning(self.sparsity_m_by_n)
         self.prune_depthwise = bool(prune_depthwise)
         from keras_gap import criteria  # local: criteria imports this module's users
         self.criterion = criteria.get(criterion)
@@ -216,22 +223,21 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         """Weights N:M can apply to; the others stay dense with a warning."""
         if self.sparsity_m_by_n is None or self.strict:
             return weights
-        m = self.sparsity_m_by_n[1]
-        fit = [w for w in weights if len(w.shape) >= 2 and int(w.shape[-2]) % m == 0]
+        fit = [w for w in weights if len(w.shape) >= 2]
         for w in weights:
             if not any(w is f for f in fit):
                 warnings.warn(
                     f"sparsity_m_by_n={self.sparsity_m_by_n}: weight {w.path!r} of "
-                    f"shape {tuple(w.shape)} is left unpruned: its input-channel axis "
-                    f"(-2) is not a multiple of M={m}. Pass strict=True to raise "
-                    "instead.", stacklevel=3)
+                    f"shape {tuple(w.shape)} is left unpruned: N:M groups run along the "
+                    "input-channel axis (-2), which a weight of rank < 2 does not have. "
+                    "Pass strict=True to raise instead.", stacklevel=3)
         return fit
 
     def check_structure(self, shape):
         """Raises a clear error when block / N:M structure cannot apply."""
         probe = ops.ones(shape)
         if self.sparsity_m_by_n is not None:
-            mask_lib.n_by_m_mask(probe, self.sparsity_m_by_n)
+            mask_lib.n_by_m_mask(probe, self.sparsity_m_by_n, partial=not self.strict)
         elif self.block_size != (1, 1):
             mask_lib.block_mask(probe, 0.5, self.block_size, self.block_pooling_type)
 
@@ -421,6 +427,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             "structure": self.structure,
             "strict": self.strict,
             "step_origin": 1,
+            "m_by_n_meaning": "zeros",  # (M, N): M zeros in every N (tf-mot)
         })
         return config
 
@@ -435,7 +442,38 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         config["pruning_schedule"] = deserialize_schedule(schedule)
         config["criterion"] = keras.saving.deserialize_keras_object(
             config["criterion"], custom_objects=custom_objects)
-        return cls(layer, **config)
+        if config.pop("m_by_n_meaning", None) is None and config.get("sparsity_m_by_n"):
+            config["sparsity_m_by_n"] = _legacy_m_by_n(config["sparsity_m_by_n"],
+                                                       config.get("name"))
+        return cls(layer, _m_by_n_checked=True, **config)
+
+
+_WARNED_M_BY_N = set()
+
+
+def _warn_m_by_n_meaning(m_by_n):
+    """Once per pair: an asymmetric pair now means what it means in tf-mot."""
+    if m_by_n is None or m_by_n[0] * 2 == m_by_n[1] or m_by_n in _WARNED_M_BY_N:
+        return
+    _WARNED_M_BY_N.add(m_by_n)
+    m, n = m_by_n
+    warnings.warn(
+        f"sparsity_m_by_n={m_by_n} means {m} zero(s) in every {n} input channels "
+        f"({n - m} of {n} kept), tf-mot's meaning. keras-gap before 2026-12-07 read the "
+        f"pair as {m} kept of {n}; for that pattern pass sparsity_m_by_n=({n - m}, {n}). "
+        "Models saved before the change are converted when loaded.", stacklevel=4)
+
+
+def _legacy_m_by_n(pair, name):
+    """A pair saved with the former meaning (N kept of M) in tf-mot's (zeros, N)."""
+    kept, n = (int(v) for v in pair)
+    if 2 * kept != n:
+        warnings.warn(
+            f"Layer {name!r} was saved by keras-gap before 2026-12-07 with "
+            f"sparsity_m_by_n={tuple(pair)} meaning {kept} kept of {n}; loaded as "
+            f"sparsity_m_by_n=({n - kept}, {n}) (tf-mot's meaning: zeros), the same "
+            "pattern.", stacklevel=3)
+    return [n - kept, n]
 
 
 def _first_call_argument(layer):

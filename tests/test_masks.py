@@ -108,28 +108,33 @@ def test_avg_and_max_pooling_choose_different_blocks():
     np.testing.assert_array_equal(mx, [1, 1, 0, 0], err_msg="MAX keeps block A")
 
 
-_NM_CASES = [(shape, n_m)
-             for shape in [(8, 6), (16, 3), (3, 3, 8, 4), (5, 8, 2), (2, 2, 2, 4, 3)]
-             for n_m in [(2, 4), (1, 4), (3, 4), (1, 2), (4, 8)]
-             if shape[-2] % n_m[1] == 0]
+_NM_CASES = [(shape, m_n)
+             for shape in [(8, 6), (16, 3), (3, 3, 8, 4), (5, 8, 2), (2, 2, 2, 4, 3),
+                           (7, 3), (3, 3, 6, 2)]          # the last two: partial groups
+             for m_n in [(2, 4), (1, 4), (3, 4), (1, 2), (4, 8)]]
 
 
-@pytest.mark.parametrize("shape, n_m", _NM_CASES)
-def test_n_by_m_keeps_exactly_n_per_group_along_input_axis(shape, n_m):
-    n, m = n_m
+@pytest.mark.parametrize("shape, m_n", _NM_CASES)
+def test_n_by_m_zeroes_m_per_group_along_input_axis(shape, m_n):
+    """(M, N): M zeros in every N along axis -2 (tf-mot); a partial last group of
+    g entries keeps min(N - M, g) (tf-mot pads it with zeros)."""
+    zeros, n = m_n
     rng = np.random.default_rng(3)
     scores = rng.normal(size=shape).astype("float32")
-    mask = np_(masks.n_by_m_mask(ops.convert_to_tensor(scores), (n, m)))
+    mask = np_(masks.n_by_m_mask(ops.convert_to_tensor(scores), m_n))
     assert mask.shape == shape
     moved = np.moveaxis(mask, -2, -1)  # input axis last
-    groups = moved.reshape(*moved.shape[:-1], shape[-2] // m, m)
-    np.testing.assert_array_equal(groups.sum(-1), n,
-                                  err_msg=f"{n}:{m} must keep exactly {n} per group")
-    # The kept entries are the N largest of each group.
-    s_groups = np.moveaxis(scores, -2, -1).reshape(groups.shape)
-    kept_min = np.where(groups == 1, s_groups, np.inf).min(-1)
-    removed_max = np.where(groups == 0, s_groups, -np.inf).max(-1)
-    assert np.all(kept_min >= removed_max)
+    s_moved = np.moveaxis(scores, -2, -1)
+    c = shape[-2]
+    for start in range(0, c, n):
+        group, s_group = moved[..., start:start + n], s_moved[..., start:start + n]
+        size = group.shape[-1]
+        np.testing.assert_array_equal(group.sum(-1), min(n - zeros, size),
+                                      err_msg=f"{m_n} group at {start} of {c}")
+        # The kept entries are the largest of each group.
+        kept_min = np.where(group == 1, s_group, np.inf).min(-1)
+        removed_max = np.where(group == 0, s_group, -np.inf).max(-1)
+        assert np.all(kept_min >= removed_max)
 
 
 def test_n_by_m_with_ties_keeps_exactly_n():
@@ -196,10 +201,16 @@ def test_invalid_n_by_m_is_an_error(n_m):
         masks.n_by_m_mask(ops.ones((8, 4)), n_m)
 
 
-@pytest.mark.parametrize("shape", [(6, 4), (3, 3, 6, 8), (8,)])
-def test_n_by_m_needs_input_axis_divisible_by_m(shape):
-    with pytest.raises(ValueError, match="divisible by M=4"):
-        masks.n_by_m_mask(ops.ones(shape), (2, 4))
+@pytest.mark.parametrize("shape", [(6, 4), (3, 3, 6, 8)])
+def test_n_by_m_without_partial_groups_needs_input_axis_divisible_by_n(shape):
+    with pytest.raises(ValueError, match="divisible by N=4"):
+        masks.n_by_m_mask(ops.ones(shape), (2, 4), partial=False)
+    assert np_(masks.n_by_m_mask(ops.ones(shape), (2, 4))).shape == shape  # partial: fine
+
+
+def test_n_by_m_needs_rank_2():
+    with pytest.raises(ValueError, match="rank >= 2"):
+        masks.n_by_m_mask(ops.ones((8,)), (2, 4))
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, float("nan"), "half", None])

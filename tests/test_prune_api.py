@@ -126,11 +126,19 @@ def test_subclassed_model_with_wrapped_layers_trains():
 
 
 @pytest.mark.parametrize("what", ["model", "layer", "list"])
-def test_already_pruned_is_a_clear_error(what):
+def test_already_pruned_comes_back_with_its_wrappers_and_a_warning(what):
+    """As tf-mot: pruning what is already fully wrapped returns it (a model: a new
+    model holding the same wrappers) and warns; prune_gap still refuses it."""
     pruned = kg.prune_low_magnitude(mlp())
     target = {"model": pruned, "layer": pruned.layers[0], "list": [pruned.layers[0]]}[what]
-    with pytest.raises(ValueError, match="already"):
-        kg.prune_low_magnitude(target)
+    with pytest.warns(UserWarning, match="already wrapped in PruneLowMagnitude"):
+        again = kg.prune_low_magnitude(target)
+    if what == "model":
+        assert [a is b for a, b in zip(again.layers, pruned.layers)] == [True] * 3
+    else:
+        assert again is target or again == target
+    with pytest.raises(ValueError, match="already pruned"):
+        kg.prune_gap(pruned, target_sparsity=0.5, num_partitions=2, steps_per_step=2)
 
 
 def test_model_without_prunable_weights_is_a_clear_error():

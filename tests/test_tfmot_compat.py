@@ -9,8 +9,10 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import keras
+
 import numpy as np
 import pytest
 
@@ -258,25 +260,95 @@ def test_model_holding_a_wrapped_layer_is_pruned_around_it():
     wrappers = collect_wrappers(pruned)
     assert [w.layer.name for w in wrappers] == ["mine", "other"]
     assert wrappers[0] is mine and wrappers[0].pruning_schedule == schedule
-    with pytest.raises(ValueError, match="already pruned: every prunable layer is wrapped"):
-        kg.prune_low_magnitude(pruned)
+    # Pruned again (tf-mot's double-XNNPACK test does this): a new model holding the
+    # same wrappers, with a warning; a wrapper or a list of wrappers comes back as is.
+    with pytest.warns(UserWarning, match="already wrapped in PruneLowMagnitude.*as tf-mot"):
+        again = kg.prune_low_magnitude(pruned)
+    assert again is not pruned
+    assert [a is b for a, b in zip(collect_wrappers(again), wrappers)] == [True, True]
+    with pytest.warns(UserWarning, match="already wrapped"):
+        assert kg.prune_low_magnitude(mine) is mine
+    with pytest.warns(UserWarning, match="already wrapped"):
+        assert kg.prune_low_magnitude([mine])[0] is mine
 
 
 @pytest.mark.core
-def test_n_by_m_on_weights_that_do_not_fit_warns_and_leaves_them_dense():
+def test_double_xnnpack_policy_as_tfmot():
+    """tf-mot's own test prunes with PruneForLatencyOnXNNPack twice."""
+    policy = kg.PruneForLatencyOnXNNPack()
+    pruned = kg.prune_low_magnitude(_xnnpack_net(), pruning_policy=policy)
+    with pytest.warns(UserWarning, match="already wrapped"):
+        twice = kg.prune_low_magnitude(pruned, pruning_policy=policy)
+    assert [w.layer.name for w in collect_wrappers(twice)] == ["pw1", "pw2"]
+
+
+@pytest.mark.core
+def test_xnnpack_policy_with_keras_ops_between_layers():
+    """Keras ops between layers (Keras 3's answer to TF ops on tensors): element-wise
+    add / subtract / multiply pass as in tf-mot; others get a clear error naming the op."""
     L = keras.layers
-    model = keras.Sequential([keras.Input((6,)), L.Dense(8, name="odd_in"),
+
+    def net(op):
+        i = keras.Input((8, 8, 3))
+        x = L.Conv2D(16, 3, strides=2, padding="valid")(L.ZeroPadding2D(1)(i))
+        r = L.Conv2D(16, 1, name="pw")(x)
+        return keras.Model(i, L.GlobalAveragePooling2D()(op(x, r)))
+
+    policy = kg.PruneForLatencyOnXNNPack()
+    for op in (lambda x, r: x + r, lambda x, r: x - r, lambda x, r: x * r):
+        pruned = kg.prune_low_magnitude(net(op), pruning_policy=policy)
+        assert [w.layer.name for w in collect_wrappers(pruned)] == ["pw"]
+    for op, name in ((lambda x, r: keras.ops.concatenate([x, r], axis=-1), "Concatenate"),
+                     (lambda x, r: x - keras.ops.mean(r, axis=-1, keepdims=True), "Mean")):
+        with pytest.raises(ValueError, match=f"of type {name} is not supported by the "
+                                             "PruneForLatencyOnXNNPack"):
+            kg.prune_low_magnitude(net(op), pruning_policy=policy)
+
+
+@pytest.mark.core
+def test_n_by_m_on_an_input_axis_that_is_not_a_multiple_prunes_the_partial_group():
+    """As tf-mot (its test expects 3 of 7 zero for 2:4): the last group is partial."""
+    L = keras.layers
+    model = keras.Sequential([keras.Input((7,)), L.Dense(8, name="odd_in"),
                               L.Dense(4, name="fits")])
-    with pytest.warns(UserWarning, match=r"'sequential.*odd_in/kernel'.*left unpruned"):
-        pruned = kg.prune_low_magnitude(model, sparsity_m_by_n=(2, 4))
+    pruned = kg.prune_low_magnitude(model, sparsity_m_by_n=(2, 4))
     wrappers = collect_wrappers(pruned)
-    assert [len(w.pruned_weights) for w in wrappers] == [0, 1]
+    assert [len(w.pruned_weights) for w in wrappers] == [1, 1]
     pruned.compile("sgd", "mse")
-    pruned.fit(np.ones((8, 6)), np.ones((8, 4)), verbose=0,
+    pruned.fit(np.ones((8, 7)), np.ones((8, 4)), verbose=0,
                callbacks=[kg.UpdatePruningStep()])
+    # 7 inputs: a group of 4 (2 zeros) and a partial group of 3 (1 zero), per output.
+    assert wrappers[0].mask_counts() == [(56, 32)]  # 24 zeros, 32 kept
     assert wrappers[1].mask_counts() == [(32, 16)]  # 2 of every 4 from step 1 (tf-mot)
-    with pytest.raises(ValueError, match="divisible by M=4"):
+    with pytest.raises(ValueError, match="divisible by N=4"):
         kg.prune_low_magnitude(model, sparsity_m_by_n=(2, 4), strict=True)
+
+
+@pytest.mark.core
+def test_m_by_n_pairs_mean_zeros_and_old_saves_are_converted(tmp_path):
+    """(M, N) is tf-mot's "M zeros in every N"; an asymmetric pair warns once that its
+    meaning changed; a .keras file saved with the former meaning (N kept) loads as
+    the same pattern."""
+    import keras_gap.wrapper as wrapper_lib
+    L = keras.layers
+    wrapper_lib._WARNED_M_BY_N.discard((1, 4))
+    with pytest.warns(UserWarning, match=r"\(1, 4\) means 1 zero\(s\) in every 4.*"
+                                         r"sparsity_m_by_n=\(3, 4\)"):
+        w = kg.PruneLowMagnitude(L.Dense(2), sparsity_m_by_n=(1, 4))
+    w.build((None, 8))
+    w.update_masks(0.0)
+    assert w.mask_counts() == [(16, 12)]  # 3 of 4 kept
+    config = w.get_config()
+    assert config["m_by_n_meaning"] == "zeros"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a config of this version loads silently
+        assert kg.PruneLowMagnitude.from_config(config).sparsity_m_by_n == (1, 4)
+    legacy = dict(config, sparsity_m_by_n=[1, 4])
+    legacy.pop("m_by_n_meaning")  # written before the change: (1, 4) meant 1 kept of 4
+    with pytest.warns(UserWarning, match=r"saved by keras-gap before.*loaded as "
+                                         r"sparsity_m_by_n=\(3, 4\)"):
+        old = kg.PruneLowMagnitude.from_config(legacy)
+    assert old.sparsity_m_by_n == (3, 4)
 
 
 @pytest.mark.core
@@ -371,5 +443,5 @@ def test_list_with_a_wrapped_layer_keeps_it():
     mine = kg.prune_low_magnitude(keras.layers.Dense(4))
     out = kg.prune_low_magnitude([mine, keras.layers.Dense(2)])
     assert out[0] is mine and isinstance(out[1], kg.PruneLowMagnitude)
-    with pytest.raises(ValueError, match="already"):
-        kg.prune_low_magnitude([mine])
+    with pytest.warns(UserWarning, match="already wrapped"):  # tf-mot: returned as is
+        assert kg.prune_low_magnitude([mine]) == [mine]

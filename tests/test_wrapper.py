@@ -263,10 +263,10 @@ def test_n_by_m_is_recomputed_at_every_update_not_frozen():
 
 @pytest.mark.parametrize("kwargs, shape, match", [
     ({"block_size": (3, 1)}, (8,), "does not divide"),
-    # strict=True keeps the error; by default the weight is left dense with a
-    # warning (tests/test_tfmot_compat.py)
-    ({"sparsity_m_by_n": (2, 4), "strict": True}, (6,), "divisible by M=4"),
-    ({"sparsity_m_by_n": (4, 4)}, (8,), "0 < N < M"),
+    # strict=True raises; by default the last group is partial, as in tf-mot
+    # (tests/test_tfmot_compat.py)
+    ({"sparsity_m_by_n": (2, 4), "strict": True}, (6,), "divisible by N=4"),
+    ({"sparsity_m_by_n": (4, 4)}, (8,), "0 < M < N"),
     ({"block_size": (0, 1)}, (8,), "block_size"),
     ({"block_pooling_type": "SUM"}, (8,), "block_pooling_type"),
 ])
