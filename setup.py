@@ -14,10 +14,12 @@ EXTRAS = {
     "plots": ["matplotlib>=3.7"],
     "litert": ["ai-edge-litert>=1.0"],
     "distributed": ["ray>=2.9"],  # kg.gap.PGaPRunner (P-GaP copies on Ray workers)
+    "hub": ["keras-hub>=0.32,<0.33"],  # KerasHub models (flops_report counts their blocks)
     "test": ["pytest>=7", "pytest-xdist>=3", "jax>=0.10,<0.11", "jaxlib>=0.10,<0.11",
              "matplotlib>=3.7", "tensorflow-model-optimization>=0.8.0",
              "tf_keras>=2.18,<2.22", "ai-edge-litert>=1.0",
-             "ray>=2.9"],  # 79 MB wheel, ~25 s to install (measured)
+             "ray>=2.9",  # 79 MB wheel, ~25 s to install (measured)
+             "keras-hub>=0.32,<0.33"],
     "onnx": ["tf2onnx>=1.17", "onnx"],
 }
 EXTRAS["all"] = sorted({d for k, v in EXTRAS.items() if k not in ("torch", "onnx") for d in v})

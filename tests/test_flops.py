@@ -223,3 +223,89 @@ def test_subclassed_model_counts_each_layer_once_at_its_build_shapes():
     report = kg.flops_report(model)
     assert [r.macs for r in report.rows] == [6 * 6 * 3 * 3 * 4, 4 * 3]
     assert all("build shapes" in r.note for r in report.rows)
+
+
+@keras.saving.register_keras_serializable(package="keras_gap_tests")
+class _Block(L.Layer):
+    """A transformer block as users (and KerasHub) write it: sublayers, no rule."""
+
+    def __init__(self, hidden=8, heads=2, ffn=16, **kwargs):
+        super().__init__(**kwargs)
+        self.attention = L.MultiHeadAttention(heads, hidden // heads, name="attention")
+        self.norm = L.LayerNormalization(name="norm")
+        self.ffn = _Ffn(hidden, ffn, name="ffn")   # nested composite
+
+    def build(self, shape):
+        self.attention.build(shape, shape)
+        self.norm.build(shape)
+        self.ffn.build(shape)
+
+    def call(self, x):
+        return self.ffn(self.norm(x + self.attention(x, x)))
+
+
+@keras.saving.register_keras_serializable(package="keras_gap_tests")
+class _Ffn(L.Layer):
+    def __init__(self, hidden, ffn, **kwargs):
+        super().__init__(**kwargs)
+        self.up, self.down = L.Dense(ffn, name="up"), L.Dense(hidden, name="down")
+
+    def build(self, shape):
+        self.up.build(shape)
+        self.down.build(shape[:-1] + (self.up.units,))
+
+    def call(self, x):
+        return self.down(keras.ops.relu(self.up(x)))
+
+
+def _block_model(seq):
+    x = keras.Input((seq, 8))
+    return keras.Model(x, L.Dense(3, name="head")(_Block(name="block")(x)))
+
+
+def _block_macs(seq):
+    attention = 4 * seq * 8 * 8 + 2 * seq * seq * (4 + 4)  # projections + QK^T, AV
+    return {"block/attention": attention, "block/norm": seq * 8,
+            "block/ffn/up": seq * 8 * 16, "block/ffn/down": seq * 16 * 8,
+            "head": seq * 8 * 3}
+
+
+def test_composite_layers_are_counted_per_sublayer():
+    report = kg.flops_report(_block_model(5))
+    macs = {r.layer: r.macs for r in report.rows}
+    assert macs == _block_macs(5)
+    assert report.not_counted == ()
+    assert report.params == _block_model(5).count_params()
+    assert "in _Block" in str(report)
+
+
+def test_unknown_length_needs_sequence_length():
+    model = _block_model(None)
+    report = kg.flops_report(model)
+    assert set(report.not_counted) == set(_block_macs(1)), report.not_counted
+    assert "pass sequence_length=" in str(report)
+    counted = kg.flops_report(model, sequence_length=6)
+    assert {r.layer: r.macs for r in counted.rows} == _block_macs(6)
+    with pytest.raises(ValueError, match="sequence_length.*int >= 1.*received 0"):
+        kg.flops_report(model, sequence_length=0)
+
+
+def test_kerashub_backbone_and_causal_lm_are_counted():
+    keras_hub = pytest.importorskip("keras_hub")
+    kw = dict(vocabulary_size=50, num_layers=2, num_heads=2, hidden_dim=8,
+              intermediate_dim=16, max_sequence_length=6)
+    bert = keras_hub.models.BertBackbone(**kw)
+    report = kg.flops_report(bert, sequence_length=6)
+    assert report.not_counted == () and report.params == bert.count_params()
+    blocks = [r for r in report.rows if r.layer.startswith("transformer_layer_")]
+    assert len(blocks) == 2 * 5  # attention, 2 norms, 2 FFN denses per block
+    ffn = {r.layer: r.macs for r in blocks}
+    assert ffn["transformer_layer_1/feedforward_intermediate_dense"] == 6 * 8 * 16
+    assert ffn["transformer_layer_0/self_attention_layer"] == _block_macs(6)["block/attention"]
+    lm = keras_hub.models.GPT2CausalLM(backbone=keras_hub.models.GPT2Backbone(**kw),
+                                       preprocessor=None)
+    report = kg.flops_report(lm, sequence_length=6)
+    head = [r for r in report.rows if r.layer == "token_embedding"]
+    assert [r.macs for r in head] == [6 * 50 * 8]          # the tied LM head
+    assert head[0].params == 0 and "counted at gpt2_backbone" in head[0].note
+    assert report.params == lm.count_params() and report.not_counted == ()

@@ -18,7 +18,14 @@ Conventions (the usual ones of FLOPs counters, e.g. fvcore / ptflops):
 * LSTM / GRU / SimpleRNN: kernel and recurrent kernel once per timestep;
 * BatchNormalization, LayerNormalization, GroupNormalization, PReLU: one MAC
   per output element (the folded scale and shift of inference);
-* Embedding: 0 MACs (a table lookup).
+* Embedding: 0 MACs (a table lookup);
+* composite layers (a layer that owns sublayers and has no rule of its own:
+  KerasHub's TransformerEncoder / TransformerDecoder, a user's block) are
+  counted through their sublayers, one row per sublayer with a rule
+  (``block/feedforward_intermediate_dense``, ``block/self_attention_layer``
+  ...), from one eager forward pass on a batch of one that records each
+  sublayer's call shapes. Inputs whose length is unknown (``None``: a text
+  model's sequence) need ``sequence_length``.
 
 "Non-zero MACs" scale the MACs of each kernel by the fraction of its entries
 that are non-zero (``weight * mask`` for wrapped layers): what a kernel that
@@ -50,6 +57,8 @@ _PER_ELEMENT = tuple(
 _UNCOUNTED_MATMULS = tuple(
     cls for cls in (getattr(L, n, None) for n in ("Dot", "Attention", "AdditiveAttention"))
     if cls is not None)
+# Position tables added to their input (KerasHub): 0 MACs, as Embedding.
+_POSITION_TABLES = ("PositionEmbedding", "TokenAndPositionEmbedding")
 # keras.ops applied to symbolic tensors in a Functional model that multiply-add.
 _UNCOUNTED_OPS = ("Matmul", "Einsum", "Tensordot", "Dot", "Inner", "Outer", "Conv",
                   "DepthwiseConv", "ConvTranspose", "SeparableConv")
@@ -272,7 +281,13 @@ def _count(layer, in_shapes, out_shapes):
         need(x)
         return {layer.kernel.path: _prod(_spatial(layer, x)) * _prod(layer.kernel.shape)}, 0
     if isinstance(layer, L.Embedding):
+        if x is not None and y is not None and len(y) == len(x) and _known(y):
+            # A reversed (tied) embedding, KerasHub's ReversibleEmbedding(x,
+            # reverse=True): hidden states times the table, the LM head.
+            return {layer.embeddings.path: _prod(y[1:-1]) * _prod(layer.embeddings.shape)}, 0
         return {}, 0
+    if type(layer).__name__ in _POSITION_TABLES:
+        return {}, 0  # a table added to the input
     if isinstance(layer, L.MultiHeadAttention):
         if len(in_shapes) < 2:
             raise _NotCounted("query and value shapes unknown")
@@ -298,6 +313,104 @@ def _count(layer, in_shapes, out_shapes):
         need(y)
         return {}, _prod(y[1:])
     raise _NotCounted(f"no MAC rule for {type(layer).__name__}")
+
+
+_RULED = (L.Dense, L.EinsumDense, L.Embedding, L.MultiHeadAttention, L.Bidirectional,
+          L.TimeDistributed) + _SEPARABLE + _CONVS + _DEPTHWISE + _TRANSPOSES + _RNNS \
+    + _PER_ELEMENT
+
+
+def _sublayers(layer):
+    """Direct sublayers of ``layer`` (Keras has no public list for a plain Layer)."""
+    return list(layer._flatten_layers(include_self=False, recursive=False))
+
+
+def _has_rule(layer):
+    return isinstance(layer, _RULED) or type(layer).__name__ in _POSITION_TABLES
+
+
+def _is_composite(layer):
+    """A layer counted through its sublayers: no rule of its own, owns sublayers."""
+    return (isinstance(layer, L.Layer) and not _has_rule(layer)
+            and not isinstance(layer, PruneLowMagnitude)
+            and not _is_model(layer) and bool(_sublayers(layer)))
+
+
+def _composite_paths(layer, prefix):
+    """{id(sublayer with a rule): path} below composite ``layer``, at any depth."""
+    out = {}
+    for sub in _sublayers(layer):
+        inner = sub.layer if isinstance(sub, PruneLowMagnitude) else sub
+        path = f"{prefix}/{inner.name}"
+        if _has_rule(inner):
+            out[id(inner)] = (path, sub)
+        elif _sublayers(inner):
+            out.update(_composite_paths(inner, path))
+    return out
+
+
+def _call_shapes(layer, args, kwargs, output):
+    if isinstance(layer, L.MultiHeadAttention):
+        values = list(args) + [None] * 3
+        found = [kwargs.get(n, values[i]) for i, n in enumerate(("query", "value", "key"))]
+        ins = [_shape(t) for t in found if hasattr(t, "shape")]
+    else:
+        ins = [_shape(t) for t in keras.tree.flatten((args, kwargs)) if hasattr(t, "shape")]
+    outs = [_shape(t) for t in keras.tree.flatten(output) if hasattr(t, "shape")]
+    return ins, outs
+
+
+def _eager_calls(model, sequence_length):
+    """{id(layer): [(input shapes, output shapes)]} of every call, at any depth, of
+    each layer of ``model`` with a MAC rule (composite layers' sublayers included),
+    from one forward pass on a batch of one (unknown input dims =
+    ``sequence_length``).
+
+    Each such layer's ``call`` is wrapped on the instance for the pass (and
+    restored after); calls made inside a layer with a rule (a
+    MultiHeadAttention's projections) are part of that layer's count.
+
+    Raises:
+        _NotCounted: an input dimension is unknown and no ``sequence_length``.
+    """
+    targets = {}
+    for layer in model._flatten_layers(include_self=False):
+        inner = layer.layer if isinstance(layer, PruneLowMagnitude) else layer
+        if _has_rule(inner) and not _is_model(inner):
+            targets[id(inner)] = inner
+    if not targets:
+        return {}
+
+    def concrete(x):
+        dims = [1] + [sequence_length if d is None else int(d) for d in x.shape[1:]]
+        if any(d is None for d in dims):
+            raise _NotCounted("unknown input length; pass sequence_length=")
+        return keras.ops.ones(dims, dtype=x.dtype)
+
+    inputs = keras.tree.map_structure(concrete, model.input)
+    calls, active = {}, []
+
+    def recorder(layer, call):
+        def recorded(*args, **kwargs):
+            outer = not active
+            active.append(layer)
+            try:
+                output = call(*args, **kwargs)
+            finally:
+                active.pop()
+            if outer:
+                calls.setdefault(id(layer), []).append(_call_shapes(layer, args, kwargs, output))
+            return output
+        return recorded
+
+    for layer in targets.values():
+        object.__setattr__(layer, "call", recorder(layer, layer.call))
+    try:
+        model(inputs, training=False)
+    finally:
+        for layer in targets.values():
+            object.__delattr__(layer, "call")  # the class's call again
+    return calls
 
 
 def _density(variable, mask=None):
@@ -406,9 +519,14 @@ def _layer_calls(model):
     return _sequential_calls(model) if isinstance(model, keras.Sequential) else None
 
 
-def _rows(model, prefix=""):
+def _rows(model, prefix="", sequence_length=None, seen=None):
+    """Rows of ``model``; ``seen`` ({id(layer): row name}) gives a layer called in
+    two places (a tied embedding: lookup in the backbone, LM head in the task)
+    its parameters once."""
+    seen = {} if seen is None else seen
     rows = []
     calls, note = _layer_calls(model), ""
+    traced = None  # the eager trace, made at the first composite layer
     if calls is None:  # subclassed model: each layer once, at its build shapes
         calls, note = {}, "one call at its build shapes (subclassed model)"
         for layer in model.layers:
@@ -418,7 +536,16 @@ def _rows(model, prefix=""):
         name = prefix + (layer.layer.name if isinstance(layer, PruneLowMagnitude)
                          else layer.name)
         if _is_model(layer):
-            rows.extend(_rows(layer, prefix=name + "/"))
+            rows.extend(_rows(layer, prefix=name + "/", sequence_length=sequence_length,
+                              seen=seen))
+            continue
+        if _is_composite(layer):
+            if traced is None:
+                try:
+                    traced = _eager_calls(model, sequence_length)
+                except _NotCounted as e:
+                    traced = e
+            rows.extend(_composite_rows(layer, name, traced))
             continue
         inner = layer.layer if isinstance(layer, PruneLowMagnitude) else layer
         if not isinstance(inner, L.Layer):   # a keras.ops call on symbolic tensors
@@ -429,17 +556,50 @@ def _rows(model, prefix=""):
             continue
         if not inner.weights and not isinstance(inner, _UNCOUNTED_MATMULS):
             continue
+        if sequence_length is not None and not all(
+                _known(shape) for ins, outs in layer_calls for shape in ins + outs
+                if shape is not None):
+            if traced is None:
+                try:
+                    traced = _eager_calls(model, sequence_length)
+                except _NotCounted as e:
+                    traced = e
+            if not isinstance(traced, Exception) and traced.get(id(inner)):
+                layer_calls = traced[id(inner)]
         if not layer_calls:
             rows.append(LayerFlops(layer=name, type=type(inner).__name__,
                                    params=sum(_prod(w.shape) for w in inner.weights),
                                    macs=None, nonzero_macs=None,
                                    note="not counted: input size unknown"))
             continue
-        rows.append(_row(name, layer, layer_calls, note))
+        row = _row(name, layer, layer_calls, note)
+        if id(inner) in seen:  # its weights are already in an earlier row
+            row = dataclasses.replace(row, params=0, note="; ".join(
+                n for n in (row.note, f"weights counted at {seen[id(inner)]}") if n))
+        seen.setdefault(id(inner), name)
+        rows.append(row)
     return rows
 
 
-def flops_report(model, reference=None):
+def _composite_rows(layer, name, traced):
+    """One row per sublayer with a rule of composite ``layer`` (at any depth)."""
+    rows = []
+    for inner_id, (path, sub) in _composite_paths(layer, name).items():
+        inner = sub.layer if isinstance(sub, PruneLowMagnitude) else sub
+        if not inner.weights and not isinstance(inner, _UNCOUNTED_MATMULS):
+            continue
+        sub_calls = [] if isinstance(traced, Exception) else traced.get(inner_id, [])
+        if not sub_calls:
+            why = str(traced) if isinstance(traced, Exception) else "not called"
+            rows.append(LayerFlops(layer=path, type=type(inner).__name__,
+                                   params=sum(_prod(w.shape) for w in inner.weights),
+                                   macs=None, nonzero_macs=None, note=f"not counted: {why}"))
+            continue
+        rows.append(_row(path, sub, sub_calls, f"in {type(layer).__name__}"))
+    return rows
+
+
+def flops_report(model, reference=None, sequence_length=None):
     """Per layer and total parameters and MACs of one example.
 
     Counts Dense, EinsumDense, Conv1D/2D/3D and their transposes,
@@ -452,10 +612,14 @@ def flops_report(model, reference=None):
 
     Args:
         model: a built Keras model (Functional, Sequential, nested, pruned
-            or stripped).
+            or stripped; KerasHub backbones and tasks).
         reference: optional built model to compare with (e.g. the dense model
             before pruning or materialization); the report then has
             ``params_ratio``, ``macs_ratio`` and ``nonzero_macs_ratio``.
+        sequence_length: the length of input dimensions the model leaves
+            unknown (``None``, e.g. a text model's tokens), used to count
+            composite layers such as transformer blocks. Without it such
+            layers are "not counted" when their input length is unknown.
 
     Returns:
         A `FlopsReport` (``print()`` it for a table, ``.to_dict()`` for data,
@@ -473,10 +637,15 @@ def flops_report(model, reference=None):
         >>> report.macs    # 26*26*3*3*1*8 + 5408*10
         102752
     """
-    rows = tuple(_rows(_check_model(model, "model")))
+    if sequence_length is not None and (isinstance(sequence_length, bool) or not isinstance(
+            sequence_length, int) or sequence_length < 1):
+        raise ValueError("flops_report: `sequence_length` must be an int >= 1 (the length "
+                         f"of the unknown input dimensions); received {sequence_length!r}.")
+    rows = tuple(_rows(_check_model(model, "model"), sequence_length=sequence_length))
     ref = None
     if reference is not None:
-        ref = FlopsReport(rows=tuple(_rows(_check_model(reference, "reference"))))
+        ref = FlopsReport(rows=tuple(_rows(_check_model(reference, "reference"),
+                                           sequence_length=sequence_length)))
     return FlopsReport(rows=rows, reference=ref)
 
 
