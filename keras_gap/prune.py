@@ -10,7 +10,7 @@ import warnings
 
 import keras
 
-from keras_gap import criteria, distributions, registry
+from keras_gap import criteria, distributions, inplace, registry
 from keras_gap.schedules import ConstantSparsity, PolynomialDecay
 from keras_gap.wrapper import PruneLowMagnitude, collect_wrappers
 
@@ -157,7 +157,9 @@ def prune_low_magnitude(to_prune, pruning_schedule=None, block_size=(1, 1),
         **kwargs: extra arguments for `PruneLowMagnitude`.
 
     Returns:
-        The wrapped layer, list of wrapped layers, or a new model.
+        The wrapped layer, list of wrapped layers, or a new model. A
+        Functional subclass (a KerasHub task or backbone) is pruned in place
+        and returned itself, still of its class (see `keras_gap.inplace`).
 
     Example:
         >>> pruned = kg.prune_low_magnitude(model, pruning_schedule=
@@ -185,10 +187,11 @@ def prune_low_magnitude(to_prune, pruning_schedule=None, block_size=(1, 1),
 
     _check_target(target)
 
-    def wrap(layer):
+    def wrap(layer, name=None):
+        named = dict(params, name=name) if name else params
         if target is None:
-            return PruneLowMagnitude(layer, **params)
-        return PruneLowMagnitude(layer, **dict(params, block_size=_target_block(layer, target)))
+            return PruneLowMagnitude(layer, **named)
+        return PruneLowMagnitude(layer, **dict(named, block_size=_target_block(layer, target)))
 
     if isinstance(to_prune, (list, tuple)):
         # As in tf-mot, wrapped layers and InputLayers of the list are kept as
@@ -199,6 +202,10 @@ def prune_low_magnitude(to_prune, pruning_schedule=None, block_size=(1, 1),
                                   if isinstance(layer, PruneLowMagnitude)], "list")
         _check_not_pruned([layer for layer in to_prune if not isinstance(layer, keep)])
         result = [layer if isinstance(layer, keep) else wrap(layer) for layer in to_prune]
+    elif inplace.is_functional_subclass(to_prune):
+        # A KerasHub task / backbone: pruned in place, it stays its class.
+        result = inplace.prune_in_place(to_prune, wrap, pruning_policy, prune_depthwise,
+                                        structure, unsupported_layers)
     elif isinstance(to_prune, keras.Model):
         # Layers already wrapped are kept as they are (tf-mot); prune_model
         # raises when nothing is left to wrap.
@@ -340,7 +347,8 @@ def strip_pruning(model):
             model whose layers were wrapped by hand, strip each layer.
 
     Returns:
-        The stripped model (or the inner layer).
+        The stripped model (or the inner layer); a model pruned in place (a
+        KerasHub model) is stripped in place and returned itself.
 
     Example:
         >>> final = kg.strip_pruning(pruned)
@@ -351,6 +359,8 @@ def strip_pruning(model):
     if not isinstance(model, keras.Model):
         raise ValueError("strip_pruning expects a keras Model or a PruneLowMagnitude "
                          f"layer; received {model!r} of type {type(model).__name__}.")
+    if inplace.in_place_wrappers(model):  # pruned in place: the same object, unwrapped
+        return inplace.strip_in_place(model)
     return clone_with(model, _strip_layer)
 
 

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_gap import registry
+from keras_gap import inplace, registry
 from keras_gap.wrapper import PruneLowMagnitude
 
 
@@ -90,10 +90,30 @@ def _leaf_layers(model):
     stack = [model] if not hasattr(model, "layers") else list(model.layers)
     out = []
     for layer in stack:
-        if isinstance(layer, PruneLowMagnitude) or not hasattr(layer, "layers"):
+        if isinstance(layer, PruneLowMagnitude):
             out.append(layer)
-        else:
+        elif hasattr(layer, "layers"):
             out.extend(_leaf_layers(layer))
+        elif not registry.is_supported(layer) and _sublayers(layer):
+            # A composite layer (KerasHub's TransformerEncoder): its sublayers.
+            out.extend(_leaf_layers_of_composite(layer))
+        else:
+            out.append(layer)
+    return out
+
+
+def _sublayers(layer):
+    return list(layer._flatten_layers(include_self=False, recursive=False))
+
+
+def _leaf_layers_of_composite(layer):
+    out = []
+    for sub in _sublayers(layer):
+        if isinstance(sub, PruneLowMagnitude) or registry.is_supported(sub) \
+                or not _sublayers(sub):
+            out.append(sub)
+        else:
+            out.extend(_leaf_layers_of_composite(sub))
     return out
 
 
@@ -118,7 +138,16 @@ def sparsity_report(model, prune_depthwise=False, channel_groups=False):
         >>> print(kg.sparsity_report(kg.strip_pruning(pruned)))
     """
     rows = []
+    # Pruned in place (KerasHub models): each wrapper stands for its layer.
+    in_place = {id(w.layer): w for w in inplace.in_place_wrappers(model)}
+    done = set()
     for layer in _leaf_layers(model):
+        if isinstance(layer, PruneLowMagnitude) and getattr(layer, "in_place", False):
+            continue  # reported where its layer is
+        layer = in_place.get(id(layer), layer)
+        if id(layer) in done:
+            continue
+        done.add(id(layer))
         if isinstance(layer, PruneLowMagnitude):
             for weight, mask in zip(layer.pruned_weights, layer.masks):
                 values = ops.convert_to_numpy(weight) * ops.convert_to_numpy(mask)

@@ -259,15 +259,35 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 # Read by the next UpdatePruningStep: the compiled step failed.
                 object.__setattr__(self, "_missing_callback_raised", True)
                 raise missing_callback_error(self.name, self.pruning_schedule)
+        if training is not None:
+            kwargs["training"] = training
+        return self.masked(self.layer, inputs, *args, **kwargs)
+
+    def masked(self, fn, *args, **kwargs):
+        """Runs ``fn(*args, **kwargs)`` with each pruned weight of the wrapped
+        layer replaced by ``weight * mask`` (restored after), as `call` does.
+
+        keras-gap's in-place pruning (`keras_gap.inplace`, KerasHub models)
+        runs the wrapped layer's own ``call`` through this.
+
+        Args:
+            fn: a callable that uses the wrapped layer (its ``call``, or the
+                layer itself).
+            *args, **kwargs: its arguments.
+
+        Returns:
+            What ``fn`` returns.
+
+        Example:
+            >>> y = wrapper.masked(wrapper.layer.call, x)
+        """
         originals = []
         try:
             for (owner, attr), weight, mask in zip(self._targets, self.pruned_weights,
                                                    self.masks):
                 originals.append((owner, attr, getattr(owner, attr)))
                 object.__setattr__(owner, attr, ops.multiply(weight, mask))
-            if training is not None:
-                kwargs["training"] = training
-            return self.layer(inputs, *args, **kwargs)
+            return fn(*args, **kwargs)
         finally:
             for owner, attr, value in originals:
                 object.__setattr__(owner, attr, value)

@@ -162,6 +162,13 @@ def prune_gap(model, target_sparsity=0.9, num_partitions=4, epochs_per_step=None
     if not isinstance(model, keras.Model):
         raise ValueError("prune_gap expects a Sequential or Functional keras Model; "
                          f"received {type(model).__name__}.")
+    from keras_gap import inplace
+    if inplace.is_functional_subclass(model):
+        raise ValueError(
+            f"prune_gap does not support {type(model).__name__} {model.name!r} yet: it is a "
+            "Functional subclass (a KerasHub task or backbone), which keras-gap prunes in "
+            "place, and GaP's partitions of sublayers by path are not built yet. "
+            "keras_gap.prune_low_magnitude prunes it in place (gradual magnitude pruning).")
     _check_not_pruned(model)
     keep_dense = tuple(keep_dense or ())
     all_names = {l.name for l in model._flatten_layers(include_self=False)}

@@ -1,0 +1,233 @@
+"""Pruning in place: masks attached to a model's own layers, the model object kept.
+
+`prune_low_magnitude` clones Sequential and Functional models and puts a
+`PruneLowMagnitude` wrapper where each prunable layer was. That cannot work for
+a *Functional subclass* (a KerasHub task or backbone: ``class
+BertBackbone(keras.Model)`` built with ``super().__init__(inputs, outputs)``):
+cloning loses its class, so ``generate()``, ``preprocessor`` and ``backbone``
+would be gone, and most of its weights sit inside composite layers
+(``TransformerEncoder``, ``CachedMultiHeadAttention``) that a layer-by-layer
+clone does not enter.
+
+So for those models keras-gap prunes in place, the pattern of Keras' own
+``enable_lora()`` / ``quantize()``: the model and every layer stay the objects
+they were, at any depth. Each prunable layer gets a `PruneLowMagnitude` that
+holds its masks and step counter (the same wrapper, so every schedule, callback,
+criterion and optimizer wrapper works unchanged), and the layer's ``call`` is
+replaced on the instance by one that runs the original ``call`` with
+``weight * mask`` in place of each pruned weight (`PruneLowMagnitude.masked`).
+The wrappers are tracked in the model's ``keras_gap_wrappers`` list, so their
+variables are model state (saved, restored by ``BackupAndRestore`` /
+``load_weights``, carried by the JAX trainer). `strip_in_place` zeroes the
+removed weights for good, restores every ``call`` and drops the list: the model
+is again exactly its class, and saves and loads without keras-gap.
+
+Embeddings stay dense in place (token and position tables; a tied
+``ReversibleEmbedding`` is also the LM head), as does any layer a
+``pruning_policy`` keeps dense.
+"""
+
+import keras
+
+from keras_gap import registry
+from keras_gap.wrapper import PruneLowMagnitude
+
+ATTRIBUTE = "keras_gap_wrappers"
+
+
+def is_functional_subclass(model):
+    """Whether ``model`` is pruned in place.
+
+    Args:
+        model: any object.
+
+    Returns:
+        True for a graph model of a subclass of Model (KerasHub's tasks and
+        backbones), which cloning would turn into a plain Functional model.
+
+    Example:
+        >>> is_functional_subclass(keras_hub.models.BertBackbone(...))
+        True
+    """
+    return (isinstance(model, keras.Model) and isinstance(model, keras.Function)
+            and type(model).__name__ != "Functional"
+            and not isinstance(model, keras.Sequential))
+
+
+def in_place_wrappers(model):
+    """The wrappers `prune_in_place` attached to ``model``.
+
+    Args:
+        model: a Keras model.
+
+    Returns:
+        A list of `PruneLowMagnitude` ([] if the model is not pruned in place).
+
+    Example:
+        >>> [w.name for w in in_place_wrappers(pruned_lm)]
+    """
+    return list(getattr(model, ATTRIBUTE, None) or [])
+
+
+def _prunable(layer, prune_depthwise, structure):
+    if isinstance(layer, (keras.Model, PruneLowMagnitude, keras.layers.Embedding)):
+        return False
+    if not registry.is_supported(layer, prune_depthwise) or not layer.built:
+        return False
+    if structure == "channel":
+        return bool(registry.channel_weights(layer))
+    return bool(registry.get_prunable_weights(layer, prune_depthwise))
+
+
+def _is_table(layer):
+    """Embeddings and position tables (KerasHub's PositionEmbedding ...): dense."""
+    return isinstance(layer, keras.layers.Embedding) or "Embedding" in type(layer).__name__
+
+
+def _leaves(model, prune_depthwise, structure, unknown=None):
+    """[(path, layer)] of the prunable layers at any depth, in definition order;
+    ``unknown`` collects the paths of leaf layers that own weights keras-gap does
+    not know how to prune (not tables)."""
+    out, seen = [], set()
+
+    def walk(layer, prefix):
+        for sub in layer._flatten_layers(include_self=False, recursive=False):
+            if id(sub) in seen or isinstance(sub, keras.layers.InputLayer):
+                continue
+            seen.add(id(sub))
+            path = f"{prefix}/{sub.name}" if prefix else sub.name
+            if _prunable(sub, prune_depthwise, structure):
+                out.append((path, sub))
+            elif sub._flatten_layers(include_self=False, recursive=False):
+                walk(sub, path)
+            elif (unknown is not None and sub.weights and not _is_table(sub)
+                  and not registry.is_supported(sub, prune_depthwise)):
+                unknown.append(f"{path} ({type(sub).__name__})")
+
+    walk(model, "")
+    return out
+
+
+def prune_in_place(model, wrap, pruning_policy=None, prune_depthwise=False,
+                   structure="unstructured", unsupported_layers="error"):
+    """Attaches a `PruneLowMagnitude` to every prunable layer of ``model``, in place.
+
+    Args:
+        model: a built Functional subclass (a KerasHub task or backbone).
+        wrap: ``(layer, name) -> PruneLowMagnitude`` (the settings of
+            `prune_low_magnitude`).
+        pruning_policy: optional `PruningPolicy` or ``callable(layer) -> bool``
+            (False: keep dense).
+        prune_depthwise: also prune DepthwiseConv kernels.
+        structure: "unstructured" only (channel groups in place are not
+            supported yet).
+        unsupported_layers: "error" (default) refuses a leaf layer that owns
+            weights keras-gap does not know how to prune (embeddings and
+            position tables excepted: they stay dense); "keep_dense" keeps
+            such layers dense.
+
+    Returns:
+        ``model`` itself, its prunable layers masked; ``in_place_wrappers(model)``
+        lists the wrappers.
+
+    Raises:
+        ValueError: unbuilt model, channel structure, or nothing to prune.
+
+    Example:
+        >>> lm = keras_hub.models.GPT2CausalLM(backbone=..., preprocessor=None)
+        >>> pruned = kg.prune_low_magnitude(lm)   # calls this; pruned is lm
+    """
+    if structure != "unstructured":
+        raise ValueError(
+            f"structure={structure!r} is not supported for {type(model).__name__} "
+            f"{model.name!r}, which is pruned in place (a Functional subclass such as a "
+            "KerasHub model): channel groups inside its composite layers are not "
+            "analysed yet. Use the default unstructured pruning.")
+    if not model.built:
+        raise ValueError(f"Model {model.name!r} is not built: call it on data or build "
+                         "it before pruning it.")
+    existing = in_place_wrappers(model)
+    if existing:
+        import warnings
+        warnings.warn(
+            f"prune_low_magnitude: every prunable layer of model {model.name!r} is already "
+            f"wrapped in PruneLowMagnitude ({[w.name for w in existing]}); it is returned "
+            "with those wrappers and their schedules unchanged (as tf-mot does). To prune "
+            "again with new settings, strip it first with keras_gap.strip_pruning.",
+            stacklevel=3)
+        return model
+    allow = getattr(pruning_policy, "allow_pruning", pruning_policy)
+    unknown = []
+    leaves = _leaves(model, prune_depthwise, structure, unknown)
+    if unknown and unsupported_layers == "error":
+        raise ValueError(
+            f"Model {model.name!r}: layer(s) {unknown} own weights but keras-gap does not "
+            "know which of them to prune. Implement `get_prunable_weights()` on them "
+            "(return the kernels to prune, or [] to keep them dense), or pass "
+            "unsupported_layers='keep_dense' to leave them dense.")
+    wrappers = []
+    for path, layer in leaves:
+        if allow is not None and not allow(layer):
+            continue
+        wrapper = wrap(layer, "prune_low_magnitude_" + path.replace("/", "__"))
+        wrapper.build(None)
+        wrapper.in_place = True
+        original = layer.call
+
+        def masked_call(*args, _wrapper=wrapper, _call=original, **kwargs):
+            return _wrapper.masked(_call, *args, **kwargs)
+
+        object.__setattr__(layer, "call", masked_call)  # on the instance only
+        wrappers.append(wrapper)
+    if not wrappers:
+        raise ValueError(
+            f"Model {model.name!r} has no prunable weights (no Dense, Conv, "
+            "EinsumDense, MultiHeadAttention or get_prunable_weights() layer was "
+            "selected; embeddings stay dense in place). Nothing to prune.")
+    _set_tracked(model, wrappers)
+    return model
+
+
+def strip_in_place(model):
+    """Removes `prune_in_place`'s wrappers from ``model``; the zeros stay.
+
+    Args:
+        model: a model pruned in place.
+
+    Returns:
+        ``model`` itself, of its own class, with no keras-gap object left in it
+        (it saves and loads with plain ``keras.saving.load_model``).
+
+    Example:
+        >>> final = kg.strip_pruning(pruned)   # calls this for in-place models
+        >>> final is pruned
+        True
+    """
+    for wrapper in in_place_wrappers(model):
+        for weight, mask in zip(wrapper.pruned_weights, wrapper.masks):
+            weight.assign(keras.ops.multiply(weight, keras.ops.cast(mask, weight.dtype)))
+        layer = wrapper.layer
+        if "call" in vars(layer):
+            object.__delattr__(layer, "call")  # the class's call again
+    _set_tracked(model, None)
+    return model
+
+
+def _set_tracked(model, wrappers):
+    """Sets (or, with None, removes) the model's tracked wrapper list. A built
+    model's tracker is locked against new state; it is unlocked for this, as
+    Keras' own ``enable_lora`` does."""
+    tracker = getattr(model, "_tracker", None)
+    locked = bool(getattr(tracker, "locked", False))
+    if locked:
+        tracker.unlock()
+    try:
+        if wrappers is not None:
+            setattr(model, ATTRIBUTE, wrappers)
+        elif ATTRIBUTE in vars(model):
+            for w in in_place_wrappers(model):
+                tracker.untrack(w)
+            object.__delattr__(model, ATTRIBUTE)
+    finally:
+        if locked:
+            tracker.lock()

@@ -1,0 +1,150 @@
+"""KerasHub models pruned in place: they keep their class, train with exact masks,
+generate, strip to the same object, and save / load with plain Keras."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import keras
+
+import keras_gap as kg
+from keras_gap import inplace
+from keras_gap.wrapper import collect_wrappers
+from pruning_testlib import masked_nonzeros, np_
+
+keras_hub = pytest.importorskip("keras_hub")
+pytestmark = pytest.mark.core
+
+KW = dict(vocabulary_size=50, num_layers=2, num_heads=2, hidden_dim=8, intermediate_dim=16,
+          max_sequence_length=6)
+
+
+def _lm():
+    return keras_hub.models.GPT2CausalLM(backbone=keras_hub.models.GPT2Backbone(**KW),
+                                         preprocessor=None)
+
+
+def _tokens(n=16, seed=0):
+    rng = np.random.default_rng(seed)
+    x = {"token_ids": rng.integers(0, 50, (n, 6)).astype("int32"),
+         "padding_mask": np.ones((n, 6), bool)}
+    return x, rng.integers(0, 50, (n, 6)).astype("int32")
+
+
+def _check_exact(model, sparsity):
+    wrappers = inplace.in_place_wrappers(model)
+    assert wrappers
+    for w in wrappers:
+        assert sum(masked_nonzeros(w)) == 0, w.name  # masked weights are exactly zero
+        for weight in w.pruned_weights:
+            assert float(np.mean(np_(weight) == 0)) == pytest.approx(sparsity, abs=0.02)
+
+
+def test_causal_lm_pruned_in_place_trains_generates_strips_and_loads_without_keras_gap(
+        tmp_path):
+    lm = _lm()
+    pruned = kg.prune_low_magnitude(
+        lm, pruning_schedule=kg.ConstantSparsity(0.5, begin_step=1, frequency=1))
+    assert pruned is lm and type(pruned).__name__ == "GPT2CausalLM"
+    names = [w.name for w in collect_wrappers(pruned)]
+    assert "prune_low_magnitude_gpt2_backbone__transformer_layer_0__self_attention" in names
+    assert len(names) == 6  # attention + 2 FFN denses per block; embeddings stay dense
+    x, y = _tokens()
+    spe = 1 if keras.backend.backend() == "torch" else 2  # torch: 1 only
+    pruned.compile(optimizer=keras.optimizers.Adam(1e-2), steps_per_execution=spe,
+                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    pruned.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[kg.UpdatePruningStep()])
+    _check_exact(pruned, 0.5)
+    out = pruned.generate({"token_ids": np.ones((1, 6), "int32"),
+                           "padding_mask": np.array([[1, 1, 0, 0, 0, 0]], bool)},
+                          max_length=6, stop_token_ids=None)
+    assert np.asarray(out["token_ids"]).shape == (1, 6)
+    report = kg.sparsity_report(pruned)
+    assert any("transformer_layer_1/feedforward_output_dense" in r.weight for r in report.rows)
+
+    final = kg.strip_pruning(pruned)
+    assert final is lm and not collect_wrappers(final)
+    dense = final.backbone.get_layer("transformer_layer_0")._feedforward_intermediate_dense
+    assert "call" not in vars(dense)  # the class's own call again
+    zeros = kg.sparsity_report(final).sparsity
+    assert zeros == pytest.approx(report.sparsity)
+    path = str(tmp_path / "lm.keras")
+    final.save(path)
+    code = ("import json, sys, numpy as np, keras, keras_hub; "
+            f"m = keras.saving.load_model({path!r}); "
+            "z = sum(int(np.sum(keras.ops.convert_to_numpy(w) == 0)) for w in m.weights); "
+            "print(json.dumps([type(m).__name__, z, 'keras_gap' in sys.modules]))")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    name, loaded_zeros, imported = json.loads(proc.stdout.strip().splitlines()[-1])
+    own_zeros = sum(int(np.sum(np_(w) == 0)) for w in final.weights)
+    assert (name, loaded_zeros, imported) == ("GPT2CausalLM", own_zeros, False)
+
+
+def test_classifier_in_place_weights_checkpoint_restores_masks_and_step(tmp_path):
+    def build():
+        return keras_hub.models.BertTextClassifier(
+            backbone=keras_hub.models.BertBackbone(**KW), num_classes=2, preprocessor=None)
+
+    schedule = kg.PolynomialDecay(0.0, 0.75, begin_step=1, end_step=8, frequency=2)
+    clf = kg.prune_low_magnitude(build(), pruning_schedule=schedule)
+    assert type(clf).__name__ == "BertTextClassifier"
+    rng = np.random.default_rng(1)
+    x = {"token_ids": rng.integers(0, 50, (32, 6)).astype("int32"),
+         "segment_ids": np.zeros((32, 6), "int32"), "padding_mask": np.ones((32, 6), bool)}
+    y = rng.integers(0, 2, 32)
+    clf.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True))
+    clf.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[kg.UpdatePruningStep()])
+    _check_exact(clf, 0.75)
+    path = str(tmp_path / "ckpt.weights.h5")
+    clf.save_weights(path)
+    again = kg.prune_low_magnitude(build(), pruning_schedule=schedule)
+    again.load_weights(path)
+    for a, b in zip(inplace.in_place_wrappers(clf), inplace.in_place_wrappers(again)):
+        for m, n in zip(a.masks, b.masks):
+            np.testing.assert_array_equal(np_(m), np_(n))
+        assert int(np_(b.pruning_step)) == int(np_(a.pruning_step)) == 8
+    np.testing.assert_allclose(np_(again.predict(x, verbose=0)),
+                               np_(clf.predict(x, verbose=0)), atol=1e-5)
+
+
+def test_in_place_bad_input_and_pruning_twice():
+    lm = _lm()
+    with pytest.raises(ValueError, match="structure='channel' is not supported for "
+                                         "GPT2CausalLM.*pruned in place"):
+        kg.prune_low_magnitude(lm, structure="channel")
+    kg.prune_low_magnitude(lm, pruning_policy=lambda layer: "intermediate" in layer.name)
+    assert len(inplace.in_place_wrappers(lm)) == 2  # the policy kept the rest dense
+    with pytest.warns(UserWarning, match="already wrapped"):
+        assert kg.prune_low_magnitude(lm) is lm
+    with pytest.raises(ValueError, match="no prunable weights"):
+        kg.prune_low_magnitude(_lm(), pruning_policy=lambda layer: False)
+
+
+def test_unknown_weight_layers_in_place_and_gap_say_what_to_do():
+    @keras.saving.register_keras_serializable(package="keras_gap_tests")
+    class Scale(keras.layers.Layer):
+        def build(self, shape):
+            self.w = self.add_weight(shape=shape[-1:], initializer="ones")
+
+        def call(self, x):
+            return x * self.w
+
+    class Net(keras.Model):  # a Functional subclass, as KerasHub's
+        def __init__(self, **kwargs):
+            x = keras.Input((4,))
+            y = keras.layers.Dense(2, name="head")(Scale(name="scale")(x))
+            super().__init__(x, y, **kwargs)
+
+    with pytest.raises(ValueError, match=r"\['scale \(Scale\)'\] own weights.*keep_dense"):
+        kg.prune_low_magnitude(Net())
+    net = kg.prune_low_magnitude(Net(), unsupported_layers="keep_dense")
+    assert type(net).__name__ == "Net" and len(inplace.in_place_wrappers(net)) == 1
+    with pytest.raises(ValueError, match="prune_gap does not support GPT2CausalLM.*in place"):
+        kg.prune_gap(_lm(), target_sparsity=0.5, num_partitions=2, steps_per_step=2)
