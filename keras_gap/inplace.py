@@ -84,38 +84,71 @@ def _is_table(layer):
     return isinstance(layer, keras.layers.Embedding) or "Embedding" in type(layer).__name__
 
 
+def wrapper_name(path):
+    """The name of the in-place wrapper of the layer at ``path`` (unique in a model,
+    where layer names repeat in every block)."""
+    return "prune_low_magnitude_" + path.replace("/", "__")
+
+
+def prunable_paths(model, prune_depthwise=False, structure="unstructured", unknown=None):
+    """The layers `prune_in_place` would mask, with their paths and blocks.
+
+    Args:
+        model: a built Functional subclass.
+        prune_depthwise: also DepthwiseConv kernels.
+        structure: "unstructured".
+        unknown: optional list; the paths of leaf layers with weights keras-gap
+            does not know how to prune are appended to it.
+
+    Returns:
+        [(path, layer, block)] in definition order: ``path`` like
+        ``"gpt2_backbone/transformer_layer_0/self_attention"``; ``block`` the
+        path of the outermost composite layer holding it (a transformer
+        block), or None for a layer of the model's graph itself.
+
+    Example:
+        >>> [p for p, _, _ in prunable_paths(lm)][:1]
+        ['gpt2_backbone/transformer_layer_0/self_attention']
+    """
+    return [(path, layer, block) for path, layer, block
+            in _leaves(model, prune_depthwise, structure, unknown)]
+
+
 def _leaves(model, prune_depthwise, structure, unknown=None):
-    """[(path, layer)] of the prunable layers at any depth, in definition order;
-    ``unknown`` collects the paths of leaf layers that own weights keras-gap does
-    not know how to prune (not tables)."""
+    """[(path, layer, block)] of the prunable layers at any depth, in definition
+    order; ``unknown`` collects the paths of leaf layers that own weights
+    keras-gap does not know how to prune (not tables)."""
     out, seen = [], set()
 
-    def walk(layer, prefix):
+    def walk(layer, prefix, block):
         for sub in layer._flatten_layers(include_self=False, recursive=False):
             if id(sub) in seen or isinstance(sub, keras.layers.InputLayer):
                 continue
             seen.add(id(sub))
             path = f"{prefix}/{sub.name}" if prefix else sub.name
             if _prunable(sub, prune_depthwise, structure):
-                out.append((path, sub))
+                out.append((path, sub, block))
             elif sub._flatten_layers(include_self=False, recursive=False):
-                walk(sub, path)
+                inner_block = block
+                if inner_block is None and not isinstance(sub, keras.Model):
+                    inner_block = path  # the outermost composite layer: a block
+                walk(sub, path, inner_block)
             elif (unknown is not None and sub.weights and not _is_table(sub)
                   and not registry.is_supported(sub, prune_depthwise)):
                 unknown.append(f"{path} ({type(sub).__name__})")
 
-    walk(model, "")
+    walk(model, "", None)
     return out
 
 
 def prune_in_place(model, wrap, pruning_policy=None, prune_depthwise=False,
-                   structure="unstructured", unsupported_layers="error"):
+                   structure="unstructured", unsupported_layers="error", paths=None):
     """Attaches a `PruneLowMagnitude` to every prunable layer of ``model``, in place.
 
     Args:
         model: a built Functional subclass (a KerasHub task or backbone).
-        wrap: ``(layer, name) -> PruneLowMagnitude`` (the settings of
-            `prune_low_magnitude`).
+        wrap: ``(layer, path) -> PruneLowMagnitude`` (the settings of
+            `prune_low_magnitude` or `prune_gap`; name it `wrapper_name(path)`).
         pruning_policy: optional `PruningPolicy` or ``callable(layer) -> bool``
             (False: keep dense).
         prune_depthwise: also prune DepthwiseConv kernels.
@@ -125,6 +158,8 @@ def prune_in_place(model, wrap, pruning_policy=None, prune_depthwise=False,
             weights keras-gap does not know how to prune (embeddings and
             position tables excepted: they stay dense); "keep_dense" keeps
             such layers dense.
+        paths: optional collection of layer paths (see `prunable_paths`): only
+            those are masked (GaP's partitions).
 
     Returns:
         ``model`` itself, its prunable layers masked; ``in_place_wrappers(model)``
@@ -166,10 +201,12 @@ def prune_in_place(model, wrap, pruning_policy=None, prune_depthwise=False,
             "(return the kernels to prune, or [] to keep them dense), or pass "
             "unsupported_layers='keep_dense' to leave them dense.")
     wrappers = []
-    for path, layer in leaves:
+    for path, layer, _ in leaves:
         if allow is not None and not allow(layer):
             continue
-        wrapper = wrap(layer, "prune_low_magnitude_" + path.replace("/", "__"))
+        if paths is not None and path not in paths:
+            continue
+        wrapper = wrap(layer, path)
         wrapper.build(None)
         wrapper.in_place = True
         original = layer.call

@@ -187,8 +187,8 @@ def prune_low_magnitude(to_prune, pruning_schedule=None, block_size=(1, 1),
 
     _check_target(target)
 
-    def wrap(layer, name=None):
-        named = dict(params, name=name) if name else params
+    def wrap(layer, path=None):  # path: the layer's path in a model pruned in place
+        named = dict(params, name=inplace.wrapper_name(path)) if path else params
         if target is None:
             return PruneLowMagnitude(layer, **named)
         return PruneLowMagnitude(layer, **dict(named, block_size=_target_block(layer, target)))

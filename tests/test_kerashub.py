@@ -146,5 +146,47 @@ def test_unknown_weight_layers_in_place_and_gap_say_what_to_do():
         kg.prune_low_magnitude(Net())
     net = kg.prune_low_magnitude(Net(), unsupported_layers="keep_dense")
     assert type(net).__name__ == "Net" and len(inplace.in_place_wrappers(net)) == 1
-    with pytest.raises(ValueError, match="prune_gap does not support GPT2CausalLM.*in place"):
-        kg.prune_gap(_lm(), target_sparsity=0.5, num_partitions=2, steps_per_step=2)
+    with pytest.raises(ValueError, match="structure='channel' is not supported for "
+                                         "GPT2CausalLM"):
+        kg.prune_gap(_lm(), target_sparsity=0.5, num_partitions=2, steps_per_step=2,
+                     structure="channel")
+    with pytest.raises(ValueError, match="partitioning='blocks'.*Sequential / Functional"):
+        kg.prune_gap(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]),
+                     partitioning="blocks", steps_per_step=2)
+
+
+def test_gap_in_place_one_partition_per_block():
+    """prune_gap on a KerasHub model: in place, partitions by path, partitioning=
+    "blocks": during the rounds exactly one transformer block is dense, then every
+    layer is at the target; generate() works."""
+    lm = _lm()
+    with pytest.raises(ValueError, match=r"2 partitions.*num_partitions=3 differs"):
+        kg.prune_gap(lm, target_sparsity=0.75, num_partitions=3, partitioning="blocks",
+                     steps_per_step=2)
+    pruned = kg.prune_gap(lm, target_sparsity=0.75, partitioning="blocks", steps_per_step=2,
+                          rounds=1, finetune_steps=2)
+    assert pruned is lm
+    wrappers = inplace.in_place_wrappers(pruned)
+    block_of = {w.name: w.name.split("__")[1] for w in wrappers}
+    assert sorted(set(block_of.values())) == ["transformer_layer_0", "transformer_layer_1"]
+    dense_blocks = []
+
+    def record(batch, logs):
+        recorder.model  # JAX: sync the trainer's state into the variables first
+        dense = {block_of[w.name] for w in wrappers
+                 if all(float(np.mean(np_(m))) == 1.0 for m in w.masks)}
+        dense_blocks.append(sorted(dense))
+
+    x, y = _tokens(n=8)
+    pruned.compile(optimizer="adam",
+                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    recorder = keras.callbacks.LambdaCallback(on_train_batch_end=record)
+    pruned.fit(x, y, batch_size=2, epochs=2, verbose=0, shuffle=False,
+               callbacks=[kg.GaPCallback(verbose=0), recorder])
+    assert dense_blocks[:4] == [["transformer_layer_0"]] * 2 + [["transformer_layer_1"]] * 2
+    assert dense_blocks[4:] == [[]] * 4  # fine-tuning: every layer at the target
+    _check_exact(pruned, 0.75)
+    out = pruned.generate({"token_ids": np.ones((1, 6), "int32"),
+                           "padding_mask": np.array([[1, 1, 0, 0, 0, 0]], bool)},
+                          max_length=6, stop_token_ids=None)
+    assert np.asarray(out["token_ids"]).shape == (1, 6)

@@ -45,8 +45,8 @@ def prunable_layers(model, keep_dense=(), prune_depthwise=False, skip_unsupporte
     return out
 
 
-def _layer_sparsities(layers, target, distribution, keep_dense):
-    names = [l.name for l, _ in layers]
+def _layer_sparsities(layers, target, distribution, keep_dense, names=None):
+    names = [l.name for l, _ in layers] if names is None else list(names)
     if isinstance(distribution, dict):
         unknown = sorted(set(distribution) - set(names))
         if unknown:
@@ -59,16 +59,16 @@ def _layer_sparsities(layers, target, distribution, keep_dense):
     if distribution in ("erk", "er"):
         from keras_gap import distributions  # shared with FGGP
         shapes = {}
-        for layer, _ in layers:
+        for name, (layer, _) in zip(names, layers):
             weights = registry.get_prunable_weights(layer)
             # One shape per layer: the largest prunable weight stands for it.
-            shapes[layer.name] = tuple(max(weights, key=lambda w: math.prod(w.shape)).shape)
+            shapes[name] = tuple(max(weights, key=lambda w: math.prod(w.shape)).shape)
         return distributions.layer_sparsities(shapes, target, distribution)
     raise ValueError(f"`distribution` must be one of {DISTRIBUTIONS} or a dict of "
                      f"layer name -> sparsity; received {distribution!r}.")
 
 
-def prune_gap(model, target_sparsity=0.9, num_partitions=4, epochs_per_step=None,
+def prune_gap(model, target_sparsity=0.9, num_partitions=None, epochs_per_step=None,
               steps_per_step=None, rounds=1, finetune_epochs=0, finetune_steps=0,
               partitioning="balanced", distribution="uniform", keep_dense=None,
               method="cgap", criterion="magnitude", block_size=(1, 1),
@@ -85,9 +85,12 @@ def prune_gap(model, target_sparsity=0.9, num_partitions=4, epochs_per_step=None
     partitions start from exact-count random masks.
 
     Args:
-        model: a Sequential or Functional Keras model.
+        model: a Sequential or Functional Keras model, or a Functional
+            subclass (a KerasHub task or backbone: pruned in place, it keeps
+            its class; see `keras_gap.inplace`).
         target_sparsity: overall target in [0, 1).
-        num_partitions: K.
+        num_partitions: K (default 4; with ``partitioning="blocks"`` the
+            number of blocks, which an explicit value must equal).
         epochs_per_step: epochs each partition stays grown (default 1 when
             ``steps_per_step`` is not given).
         steps_per_step: training steps each partition stays grown.
@@ -95,7 +98,11 @@ def prune_gap(model, target_sparsity=0.9, num_partitions=4, epochs_per_step=None
         finetune_epochs: epochs of the final phase with all masks fixed.
         finetune_steps: the same in steps (with ``steps_per_step``).
         partitioning: "balanced" (default), "sequential", "random", or a
-            list of lists of layer names.
+            list of lists of layer names (paths such as
+            ``"gpt2_backbone/transformer_layer_0/self_attention"`` for a
+            KerasHub model); "blocks" for a model pruned in place (a KerasHub
+            task or backbone): one partition per transformer block, plus one
+            for the layers outside the blocks if any.
         distribution: "uniform" (default), "erk", "er", "global" (at each
             prune-back one magnitude threshold over every pruned layer: the
             grown partition competes with the kept weights of the sparse ones,
@@ -163,14 +170,28 @@ def prune_gap(model, target_sparsity=0.9, num_partitions=4, epochs_per_step=None
         raise ValueError("prune_gap expects a Sequential or Functional keras Model; "
                          f"received {type(model).__name__}.")
     from keras_gap import inplace
-    if inplace.is_functional_subclass(model):
-        raise ValueError(
-            f"prune_gap does not support {type(model).__name__} {model.name!r} yet: it is a "
-            "Functional subclass (a KerasHub task or backbone), which keras-gap prunes in "
-            "place, and GaP's partitions of sublayers by path are not built yet. "
-            "keras_gap.prune_low_magnitude prunes it in place (gradual magnitude pruning).")
     _check_not_pruned(model)
+    if inplace.in_place_wrappers(model):
+        raise ValueError(f"Model {model.name!r} is already pruned (in place); strip it "
+                         "first with keras_gap.strip_pruning.")
     keep_dense = tuple(keep_dense or ())
+    if inplace.is_functional_subclass(model):  # a KerasHub task / backbone
+        return _prune_gap_in_place(
+            model, target, num_partitions, partitioning, distribution, keep_dense, seed,
+            unsupported_layers, structure, dict(
+                rounds=rounds, steps_per_step=steps_per_step, epochs_per_step=epochs_per_step,
+                finetune_steps=finetune_steps, finetune_epochs=finetune_epochs,
+                method=method, seed=seed),
+            dict(criterion=criterion, block_size=block_size,
+                 block_pooling_type=block_pooling_type), blocks_for)
+    if num_partitions is None:
+        num_partitions = 4
+    if partitioning == "blocks":
+        raise ValueError(
+            "partitioning='blocks' makes one partition per transformer block of a model "
+            f"pruned in place (a KerasHub task or backbone); {type(model).__name__} "
+            f"{model.name!r} is a Sequential / Functional model. Use 'balanced', "
+            "'sequential', 'random' or a list of layer-name groups.")
     all_names = {l.name for l in model._flatten_layers(include_self=False)}
     unknown = [n for n in keep_dense if n not in all_names]
     if unknown:
@@ -222,6 +243,72 @@ def prune_gap(model, target_sparsity=0.9, num_partitions=4, epochs_per_step=None
     pruned = prune_model(model, wrap, pruning_policy=lambda l: l.name in part_of,
                          unsupported_layers="keep_dense", structure=structure)
     return pruned
+
+
+def _prune_gap_in_place(model, target, num_partitions, partitioning, distribution,
+                        keep_dense, seed, unsupported_layers, structure, schedule_kwargs,
+                        wrapper_kwargs, blocks_for):
+    """prune_gap for a Functional subclass (a KerasHub model): masks attached in
+    place (`keras_gap.inplace`), layers named by path, one GaP partition per
+    transformer block with ``partitioning="blocks"``."""
+    from keras_gap import inplace
+    from keras_gap.wrapper import CHANNEL
+    if structure == CHANNEL:
+        raise ValueError(
+            f"structure='channel' is not supported for {type(model).__name__} "
+            f"{model.name!r}, which is pruned in place (a Functional subclass such as a "
+            "KerasHub model): channel groups inside its composite layers are not "
+            "analysed yet. Use the default unstructured pruning.")
+    unknown = []
+    leaves = inplace.prunable_paths(model, unknown=unknown)
+    if unknown and unsupported_layers == "error":
+        raise ValueError(
+            f"Model {model.name!r}: layer(s) {unknown} own weights but keras-gap does not "
+            "know which of them to prune. Implement `get_prunable_weights()` on them, or "
+            "pass unsupported_layers='keep_dense'.")
+    known = {p for p, _, _ in leaves} | {l.name for _, l, _ in leaves}
+    missing = [n for n in keep_dense if n not in known]
+    if missing:
+        raise ValueError(f"`keep_dense` names layers that are not in the model: {missing}. "
+                         f"Prunable layers of model {model.name!r} (by path): "
+                         f"{[p for p, _, _ in leaves]}.")
+    leaves = [(p, l, b) for p, l, b in leaves if p not in keep_dense and l.name not in keep_dense]
+    if not leaves:
+        raise ValueError(f"Model {model.name!r} has no prunable layers left to partition "
+                         f"(keep_dense={list(keep_dense)}).")
+    paths = [p for p, _, _ in leaves]
+    sizes = [sum(math.prod(w.shape) for w in registry.get_prunable_weights(l))
+             for _, l, _ in leaves]
+    if partitioning == "blocks":
+        order = list(dict.fromkeys(b for _, _, b in leaves))  # None: outside every block
+        groups = [[p for p, _, b in leaves if b == block] for block in order]
+        if num_partitions not in (None, len(groups)):
+            raise ValueError(
+                f"partitioning='blocks' makes {len(groups)} partitions for model "
+                f"{model.name!r} (one per block {[b for b in order if b]}"
+                + (" and one for the layers outside them" if None in order else "")
+                + f"); num_partitions={num_partitions} differs. Pass num_partitions="
+                f"{len(groups)} or None.")
+    else:
+        groups = partition_layers(paths, sizes, 4 if num_partitions is None else num_partitions,
+                                  partitioning, seed)
+    part_of = {p: i for i, g in enumerate(groups) for p in g}
+    sparsities = _layer_sparsities([(l, n) for (_, l, _), n in zip(leaves, sizes)], target,
+                                   distribution, keep_dense, names=paths)
+    k = len(groups)
+    dist_name = distribution if isinstance(distribution, str) else "custom"
+
+    def wrap(layer, path):
+        schedule = GaPPruningSchedule(part_of[path], k, sparsities[path],
+                                      distribution=dist_name, **schedule_kwargs)
+        kwargs = dict(wrapper_kwargs)
+        if blocks_for:
+            kwargs["block_size"] = _target_block(layer, blocks_for)
+        return PruneLowMagnitude(layer, pruning_schedule=schedule,
+                                 name=inplace.wrapper_name(path), **kwargs)
+
+    return inplace.prune_in_place(model, wrap, paths=set(paths),
+                                  unsupported_layers="keep_dense")
 
 
 def _channel_units(model, keep_dense):
