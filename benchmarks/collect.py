@@ -44,6 +44,8 @@ BENCHMARKS = [
      "python benchmarks/structured.py"),
     ("prunability", "Prunability of keras.applications models (channel groups, materialize)",
      "python benchmarks/prunability.py"),
+    ("kerashub_prunability", "KerasHub models pruned in place (every family that builds "
+     "offline)", "python benchmarks/kerashub_prunability.py"),
     ("growing", "Growing networks vs dense, channel GMP / C-GaP, unstructured C-GaP",
      "python benchmarks/growing.py --seeds 2 --train_images 6000 --epochs 5 "
      "--latency_runs 200"),

@@ -22,9 +22,12 @@ variables are model state (saved, restored by ``BackupAndRestore`` /
 removed weights for good, restores every ``call`` and drops the list: the model
 is again exactly its class, and saves and loads without keras-gap.
 
-Embeddings stay dense in place (token and position tables; a tied
-``ReversibleEmbedding`` is also the LM head), as does any layer a
-``pruning_policy`` keeps dense.
+Embeddings and normalizations stay dense in place (token and position tables,
+a tied ``ReversibleEmbedding`` that is also the LM head, KerasHub's own norm
+layers: any class whose name holds "Embedding" or "Norm"), as does any layer a
+``pruning_policy`` keeps dense. Another leaf layer that owns weights keras-gap
+does not know is an error naming it (``unsupported_layers="keep_dense"``
+keeps it dense).
 """
 
 import keras
@@ -79,9 +82,11 @@ def _prunable(layer, prune_depthwise, structure):
     return bool(registry.get_prunable_weights(layer, prune_depthwise))
 
 
-def _is_table(layer):
-    """Embeddings and position tables (KerasHub's PositionEmbedding ...): dense."""
-    return isinstance(layer, keras.layers.Embedding) or "Embedding" in type(layer).__name__
+def _dense_by_rule(layer):
+    """Embeddings, position tables and normalizations (KerasHub's PositionEmbedding,
+    RMSNormalization, LlamaLayerNorm, T5LayerNorm ...): kept dense, silently."""
+    name = type(layer).__name__
+    return isinstance(layer, keras.layers.Embedding) or "Embedding" in name or "Norm" in name
 
 
 def wrapper_name(path):
@@ -133,7 +138,7 @@ def _leaves(model, prune_depthwise, structure, unknown=None):
                 if inner_block is None and not isinstance(sub, keras.Model):
                     inner_block = path  # the outermost composite layer: a block
                 walk(sub, path, inner_block)
-            elif (unknown is not None and sub.weights and not _is_table(sub)
+            elif (unknown is not None and sub.weights and not _dense_by_rule(sub)
                   and not registry.is_supported(sub, prune_depthwise)):
                 unknown.append(f"{path} ({type(sub).__name__})")
 
@@ -155,9 +160,9 @@ def prune_in_place(model, wrap, pruning_policy=None, prune_depthwise=False,
         structure: "unstructured" only (channel groups in place are not
             supported yet).
         unsupported_layers: "error" (default) refuses a leaf layer that owns
-            weights keras-gap does not know how to prune (embeddings and
-            position tables excepted: they stay dense); "keep_dense" keeps
-            such layers dense.
+            weights keras-gap does not know how to prune (embeddings,
+            position tables and normalizations excepted: they stay dense);
+            "keep_dense" keeps such layers dense.
         paths: optional collection of layer paths (see `prunable_paths`): only
             those are masked (GaP's partitions).
 

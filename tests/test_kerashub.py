@@ -190,3 +190,16 @@ def test_gap_in_place_one_partition_per_block():
                            "padding_mask": np.array([[1, 1, 0, 0, 0, 0]], bool)},
                           max_length=6, stop_token_ids=None)
     assert np.asarray(out["token_ids"]).shape == (1, 6)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="a script: TF pass only")
+def test_kerashub_prunability_benchmark_runs(tmp_path):
+    """The benchmark end to end on two families (GPT-2; Llama: grouped-query
+    attention and its own norm layers, kept dense by rule)."""
+    from script_testlib import run_script
+    run_script("benchmarks/kerashub_prunability.py", "--families", "gpt2,llama",
+               "--output_dir", str(tmp_path))
+    result = json.loads((tmp_path / "kerashub_prunability.json").read_text())
+    assert [r["family"] for r in result["rows"]] == ["gpt2", "llama"]
+    assert all(r["end_to_end"] for r in result["rows"]), [r.get("error") for r in result["rows"]]
+    assert result["provenance"]["git"]["commit"]
