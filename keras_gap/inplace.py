@@ -146,6 +146,46 @@ def _leaves(model, prune_depthwise, structure, unknown=None):
     return out
 
 
+def checked_leaves(model, prune_depthwise=False, structure="unstructured",
+                   unsupported_layers="error"):
+    """`prunable_paths` after the checks every in-place entry makes.
+
+    Args:
+        model: a Functional subclass.
+        prune_depthwise: also DepthwiseConv kernels.
+        structure: must be "unstructured".
+        unsupported_layers: "error" refuses leaf layers with weights keras-gap
+            does not know (naming their paths); "keep_dense" keeps them dense.
+
+    Returns:
+        [(path, layer, block)] as `prunable_paths`.
+
+    Raises:
+        ValueError: channel structure, an unbuilt model, or unknown layers.
+
+    Example:
+        >>> leaves = checked_leaves(lm)
+    """
+    if structure != "unstructured":
+        raise ValueError(
+            f"structure={structure!r} is not supported for {type(model).__name__} "
+            f"{model.name!r}, which is pruned in place (a Functional subclass such as a "
+            "KerasHub model): channel groups inside its composite layers are not "
+            "analysed yet. Use the default unstructured pruning.")
+    if not model.built:
+        raise ValueError(f"Model {model.name!r} is not built: call it on data or build "
+                         "it before pruning it.")
+    unknown = []
+    leaves = _leaves(model, prune_depthwise, structure, unknown)
+    if unknown and unsupported_layers == "error":
+        raise ValueError(
+            f"Model {model.name!r}: layer(s) {unknown} own weights but keras-gap does not "
+            "know which of them to prune. Implement `get_prunable_weights()` on them "
+            "(return the kernels to prune, or [] to keep them dense), or pass "
+            "unsupported_layers='keep_dense' to leave them dense.")
+    return leaves
+
+
 def prune_in_place(model, wrap, pruning_policy=None, prune_depthwise=False,
                    structure="unstructured", unsupported_layers="error", paths=None):
     """Attaches a `PruneLowMagnitude` to every prunable layer of ``model``, in place.
@@ -177,15 +217,6 @@ def prune_in_place(model, wrap, pruning_policy=None, prune_depthwise=False,
         >>> lm = keras_hub.models.GPT2CausalLM(backbone=..., preprocessor=None)
         >>> pruned = kg.prune_low_magnitude(lm)   # calls this; pruned is lm
     """
-    if structure != "unstructured":
-        raise ValueError(
-            f"structure={structure!r} is not supported for {type(model).__name__} "
-            f"{model.name!r}, which is pruned in place (a Functional subclass such as a "
-            "KerasHub model): channel groups inside its composite layers are not "
-            "analysed yet. Use the default unstructured pruning.")
-    if not model.built:
-        raise ValueError(f"Model {model.name!r} is not built: call it on data or build "
-                         "it before pruning it.")
     existing = in_place_wrappers(model)
     if existing:
         import warnings
@@ -197,14 +228,7 @@ def prune_in_place(model, wrap, pruning_policy=None, prune_depthwise=False,
             stacklevel=3)
         return model
     allow = getattr(pruning_policy, "allow_pruning", pruning_policy)
-    unknown = []
-    leaves = _leaves(model, prune_depthwise, structure, unknown)
-    if unknown and unsupported_layers == "error":
-        raise ValueError(
-            f"Model {model.name!r}: layer(s) {unknown} own weights but keras-gap does not "
-            "know which of them to prune. Implement `get_prunable_weights()` on them "
-            "(return the kernels to prune, or [] to keep them dense), or pass "
-            "unsupported_layers='keep_dense' to leave them dense.")
+    leaves = checked_leaves(model, prune_depthwise, structure, unsupported_layers)
     wrappers = []
     for path, layer, _ in leaves:
         if allow is not None and not allow(layer):

@@ -252,20 +252,8 @@ def _prune_gap_in_place(model, target, num_partitions, partitioning, distributio
     place (`keras_gap.inplace`), layers named by path, one GaP partition per
     transformer block with ``partitioning="blocks"``."""
     from keras_gap import inplace
-    from keras_gap.wrapper import CHANNEL
-    if structure == CHANNEL:
-        raise ValueError(
-            f"structure='channel' is not supported for {type(model).__name__} "
-            f"{model.name!r}, which is pruned in place (a Functional subclass such as a "
-            "KerasHub model): channel groups inside its composite layers are not "
-            "analysed yet. Use the default unstructured pruning.")
-    unknown = []
-    leaves = inplace.prunable_paths(model, unknown=unknown)
-    if unknown and unsupported_layers == "error":
-        raise ValueError(
-            f"Model {model.name!r}: layer(s) {unknown} own weights but keras-gap does not "
-            "know which of them to prune. Implement `get_prunable_weights()` on them, or "
-            "pass unsupported_layers='keep_dense'.")
+    leaves = inplace.checked_leaves(model, structure=structure,
+                                    unsupported_layers=unsupported_layers)
     known = {p for p, _, _ in leaves} | {l.name for _, l, _ in leaves}
     missing = [n for n in keep_dense if n not in known]
     if missing:
