@@ -203,3 +203,18 @@ def test_kerashub_prunability_benchmark_runs(tmp_path):
     assert [r["family"] for r in result["rows"]] == ["gpt2", "llama"]
     assert all(r["end_to_end"] for r in result["rows"]), [r.get("error") for r in result["rows"]]
     assert result["provenance"]["git"]["commit"]
+
+
+def test_gap_in_place_keep_dense_by_path():
+    lm = _lm()
+    with pytest.raises(ValueError, match=r"keep_dense.*\['gpt2_backbone/nope'\].*"
+                                         r"gpt2_backbone/transformer_layer_0/self_attention"):
+        kg.prune_gap(lm, target_sparsity=0.5, keep_dense=["gpt2_backbone/nope"],
+                     steps_per_step=2, num_partitions=2)
+    kept = "gpt2_backbone/transformer_layer_1/feedforward_output_dense"
+    pruned = kg.prune_gap(lm, target_sparsity=0.5, keep_dense=[kept], steps_per_step=2,
+                          num_partitions=2)
+    names = [w.name for w in inplace.in_place_wrappers(pruned)]
+    assert inplace.wrapper_name(kept) not in names and len(names) == 5
+    with pytest.raises(ValueError, match="already pruned"):
+        kg.prune_gap(pruned, target_sparsity=0.5, steps_per_step=2)
