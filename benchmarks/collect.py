@@ -30,6 +30,10 @@ BENCHMARKS = [
     ("gap_vs_baselines", "GaP vs dense and gradual magnitude pruning (accuracy, training MACs)",
      "python benchmarks/gap_vs_baselines.py --epochs 8,24 (the commands of each part are "
      "in the section)"),
+    ("gap_vs_baselines_8ep", "GaP vs dense and GMP at 8 epochs, rerun with provenance "
+     "(2026-12-07)", "python benchmarks/gap_vs_baselines.py --epochs 8 --seeds 3 --sparsities "
+     "0.9,0.8 --variants gmp,cgap,cgap+fresh,cgap+fresh+hot,pgap+fresh+hot,gmp+global,"
+     "cgap+global+fresh+hot --results_name gap_vs_baselines_8ep"),
     ("fggp_vs_gmp", "FGGP vs gradual magnitude pruning (accuracy)",
      "python benchmarks/fggp_vs_gmp.py"),
     ("overhead", "Training-step overhead of the pruning wrapper, mask-update cost",
