@@ -126,14 +126,14 @@ def _leaves(model, prune_depthwise, structure, unknown=None):
     out, seen = [], set()
 
     def walk(layer, prefix, block):
-        for sub in layer._flatten_layers(include_self=False, recursive=False):
+        for sub in registry.sublayers(layer):
             if id(sub) in seen or isinstance(sub, keras.layers.InputLayer):
                 continue
             seen.add(id(sub))
             path = f"{prefix}/{sub.name}" if prefix else sub.name
             if _prunable(sub, prune_depthwise, structure):
                 out.append((path, sub, block))
-            elif sub._flatten_layers(include_self=False, recursive=False):
+            elif registry.sublayers(sub):
                 inner_block = block
                 if inner_block is None and not isinstance(sub, keras.Model):
                     inner_block = path  # the outermost composite layer: a block

@@ -286,3 +286,9 @@ def trivial_einsum(layer):
         return False
     bias = getattr(layer, "bias_axes", None)
     return x[:-1] == out[:-1] and k[1] not in x and bias in (None, "", k[1])
+
+
+def sublayers(layer):
+    """Direct sublayers of ``layer`` (Keras has no public list for a plain Layer;
+    used to enter composite layers such as KerasHub's TransformerEncoder)."""
+    return list(layer._flatten_layers(include_self=False, recursive=False))

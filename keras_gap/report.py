@@ -102,8 +102,7 @@ def _leaf_layers(model):
     return out
 
 
-def _sublayers(layer):
-    return list(layer._flatten_layers(include_self=False, recursive=False))
+_sublayers = registry.sublayers
 
 
 def _leaf_layers_of_composite(layer):

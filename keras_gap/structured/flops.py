@@ -40,6 +40,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_gap import registry
 from keras_gap.wrapper import PruneLowMagnitude
 
 L = keras.layers
@@ -320,9 +321,7 @@ _RULED = (L.Dense, L.EinsumDense, L.Embedding, L.MultiHeadAttention, L.Bidirecti
     + _PER_ELEMENT
 
 
-def _sublayers(layer):
-    """Direct sublayers of ``layer`` (Keras has no public list for a plain Layer)."""
-    return list(layer._flatten_layers(include_self=False, recursive=False))
+_sublayers = registry.sublayers
 
 
 def _has_rule(layer):
