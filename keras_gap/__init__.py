@@ -21,6 +21,7 @@ from keras_gap import (criteria, datasets, distributions, export, gradients, mas
                        registry, structured)
 from keras_gap import growing  # noqa: E402
 from keras_gap.callbacks import PruningSummaries, UpdatePruningStep
+from keras_gap.inplace import load_model
 from keras_gap.optimizer_wrappers import MaskedOptimizer
 from keras_gap.gap import (GaPCallback, GaPPruningSchedule, gap_partitions,
                            gap_total_epochs, prune_gap)
@@ -42,6 +43,6 @@ __all__ = [
     "PruningSchedule", "PruningSummaries", "SparsityReport",
     "TrainingCost", "UpdatePruningStep", "channel_groups", "criteria", "datasets",
     "distributions", "export", "flops_report", "gap_partitions", "gap_total_epochs", "gradients",
-    "growing", "masks", "materialize", "prune_gap", "prune_low_magnitude", "prune_scope",
+    "growing", "load_model", "masks", "materialize", "prune_gap", "prune_low_magnitude", "prune_scope",
     "registry", "sparsity_report", "strip_pruning", "structured",
 ]

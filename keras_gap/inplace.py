@@ -30,6 +30,9 @@ does not know is an error naming it (``unsupported_layers="keep_dense"``
 keeps it dense).
 """
 
+import json
+import zipfile
+
 import keras
 
 from keras_gap import registry
@@ -238,6 +241,8 @@ def prune_in_place(model, wrap, pruning_policy=None, prune_depthwise=False,
         wrapper = wrap(layer, path)
         wrapper.build(None)
         wrapper.in_place = True
+        wrapper.in_place_path = path  # saved in `.keras` assets: see `load_model`
+        wrapper.in_place_index = len(wrappers)
         original = layer.call
 
         def masked_call(*args, _wrapper=wrapper, _call=original, **kwargs):
@@ -297,3 +302,77 @@ def _set_tracked(model, wrappers):
     finally:
         if locked:
             tracker.lock()
+
+
+def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
+    """Loads a `.keras` file, attaching again the masks of a model pruned in place.
+
+    A model pruned in place saves as its own class (a KerasHub task's config
+    knows nothing of keras-gap); its wrappers' settings and layer paths travel
+    in the archive's assets and their masks and steps in its weights. This
+    loads the model as ``keras.saving.load_model`` does, attaches a
+    `PruneLowMagnitude` to each layer that had one, and restores masks, steps,
+    weights and optimizer state: training resumes where it stopped. (A class
+    with its own ``compile()``, as every KerasHub task, is compiled from the
+    saved compile config too, which plain ``load_model`` skips with a warning.) Any other
+    `.keras` file (a cloned pruned model, a stripped one, any Keras model) is
+    loaded by ``keras.saving.load_model`` unchanged.
+
+    Args:
+        filepath: path of a `.keras` file.
+        custom_objects: as for ``keras.saving.load_model``.
+        compile: restore the compiled state (optimizer and its variables).
+        safe_mode: as for ``keras.saving.load_model``.
+
+    Returns:
+        The model, of its saved class.
+
+    Raises:
+        ValueError: a pruned layer path of the file is missing from the model.
+
+    Example:
+        >>> lm.save("mid_training.keras")               # pruned in place, mid-fit
+        >>> lm = kg.load_model("mid_training.keras")    # same masks and step
+        >>> lm.fit(x, y, callbacks=[kg.UpdatePruningStep()])
+    """
+    entries, config = [], None
+    if str(filepath).endswith(".keras") and zipfile.is_zipfile(filepath):
+        with zipfile.ZipFile(filepath) as archive:
+            for name in archive.namelist():
+                if name.endswith("/" + PruneLowMagnitude.IN_PLACE_ASSET):
+                    entries.append(json.loads(archive.read(name)))
+            if entries:
+                config = json.loads(archive.read("config.json"))
+    if not entries:
+        return keras.saving.load_model(filepath, custom_objects=custom_objects,
+                                       compile=compile, safe_mode=safe_mode)
+    compile_config = config.pop("compile_config", None) if compile else None
+    config["compile_config"] = None
+    model = keras.saving.deserialize_keras_object(config, custom_objects=custom_objects,
+                                                  safe_mode=safe_mode)
+    configs = {e["path"]: e["config"]
+               for e in sorted(entries, key=lambda e: e.get("index", 0))}
+    depthwise = any(c.get("prune_depthwise") for c in configs.values())
+    found = {p for p, _, _ in _leaves(model, depthwise, "unstructured")}
+    missing = sorted(set(configs) - found)
+    if missing:
+        raise ValueError(
+            f"{filepath!r} holds masks for layers {missing}, which model {model.name!r} "
+            f"({type(model).__name__}) built from its config does not have (its prunable "
+            f"layers: {sorted(found)}).")
+
+    def wrap(layer, path):
+        return PruneLowMagnitude.from_config_with_layer(layer, configs[path], custom_objects)
+
+    prune_in_place(model, wrap, prune_depthwise=depthwise, unsupported_layers="keep_dense",
+                   paths=set(configs))
+    if compile_config:
+        # Model.compile_from_config, except that a class with its own compile()
+        # (every KerasHub task) is compiled too, so the optimizer's state is
+        # restored (plain load_model skips it with a warning).
+        with keras.saving.custom_object_scope(custom_objects or {}):
+            model.compile(**keras.saving.deserialize_keras_object(compile_config))
+        if model.built:
+            model.optimizer.build(model.trainable_variables)
+    model.load_weights(filepath)
+    return model

@@ -26,6 +26,8 @@ How masking works on every backend (see ../shared/REFERENCES.md section 4):
 """
 
 import inspect
+import json
+import os
 import warnings
 
 import keras
@@ -431,6 +433,24 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             self.pruning_step.assign(self.current_step())
         super().save_own_variables(store)
 
+    # A wrapper attached in place (`keras_gap.inplace`) is saved with the model
+    # it prunes, whose own config knows nothing of it: its settings and the path
+    # of its layer go into the `.keras` archive's assets, where
+    # `keras_gap.load_model` finds them to attach it again.
+    IN_PLACE_ASSET = "keras_gap_in_place.json"
+
+    def save_assets(self, dir_path):
+        path = getattr(self, "in_place_path", None)
+        if not getattr(self, "in_place", False) or path is None:
+            return
+        config = {k: v for k, v in self.get_config().items() if k != "layer"}
+        with open(os.path.join(dir_path, self.IN_PLACE_ASSET), "w") as f:
+            json.dump({"path": path, "index": getattr(self, "in_place_index", 0),
+                       "config": config}, f)
+
+    def load_assets(self, dir_path):
+        del dir_path  # read by keras_gap.load_model before the wrapper exists
+
     def get_config(self):
         config = super().get_config()
         config.update({
@@ -456,6 +476,25 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         config = dict(config)
         layer = keras.saving.deserialize_keras_object(
             config.pop("layer"), custom_objects=custom_objects)
+        return cls.from_config_with_layer(layer, config, custom_objects)
+
+    @classmethod
+    def from_config_with_layer(cls, layer, config, custom_objects=None):
+        """A wrapper of ``layer`` (an existing layer) with the settings of ``config``.
+
+        Args:
+            layer: the layer to wrap (not deserialized: the one a model already
+                holds, as when a model pruned in place is loaded).
+            config: `get_config()` of a wrapper, with or without its "layer".
+            custom_objects: as for `from_config`.
+
+        Returns:
+            A `PruneLowMagnitude`.
+
+        Example:
+            >>> w2 = PruneLowMagnitude.from_config_with_layer(dense, w.get_config())
+        """
+        config = {k: v for k, v in config.items() if k != "layer"}
         schedule = config["pruning_schedule"]
         if config.pop("step_origin", 0) == 0:
             schedule = _shift_legacy_schedule(schedule, config.get("name"))

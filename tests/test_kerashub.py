@@ -218,3 +218,78 @@ def test_gap_in_place_keep_dense_by_path():
     assert inplace.wrapper_name(kept) not in names and len(names) == 5
     with pytest.raises(ValueError, match="already pruned"):
         kg.prune_gap(pruned, target_sparsity=0.5, steps_per_step=2)
+
+
+def _gap_lm_run(tmp_path, interrupt):
+    """GaP in place (one partition per block), 3 epochs of 4 steps; optionally saved
+    as `.keras` after epoch 1 (inside the rounds) and loaded with kg.load_model."""
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(5)
+    lm = keras_hub.models.GPT2CausalLM(
+        backbone=keras_hub.models.GPT2Backbone(**dict(KW, dropout=0.0)), preprocessor=None)
+    lm = kg.prune_gap(lm, target_sparsity=0.75, partitioning="blocks", steps_per_step=3,
+                      rounds=1, finetune_steps=4)
+    x, y = _tokens(n=16)
+    lm.compile(optimizer=keras.optimizers.Adam(1e-2),
+               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    kwargs = dict(batch_size=4, verbose=0, shuffle=False)
+    if not interrupt:
+        lm.fit(x, y, epochs=3, callbacks=[kg.GaPCallback(verbose=0)], **kwargs)
+        return lm
+    lm.fit(x, y, epochs=1, callbacks=[kg.GaPCallback(verbose=0)], **kwargs)
+    path = str(tmp_path / "mid.keras")
+    lm.save(path)
+    del lm
+    keras.backend.clear_session()
+    with pytest.warns(UserWarning):  # KerasHub: plain Keras loads it dense, uncompiled
+        plain = keras.saving.load_model(path)
+    assert type(plain).__name__ == "GPT2CausalLM" and not inplace.in_place_wrappers(plain)
+    lm = kg.load_model(path)
+    assert type(lm).__name__ == "GPT2CausalLM"
+    assert [int(np_(w.pruning_step)) for w in inplace.in_place_wrappers(lm)] == [4] * 6
+    lm.fit(x, y, epochs=3, initial_epoch=1, callbacks=[kg.GaPCallback(verbose=0)], **kwargs)
+    return lm
+
+
+def _by_path(model):
+    seen, out = {}, {}
+    for v in model.weights:
+        i = seen[v.path] = seen.get(v.path, -1) + 1
+        out[(v.path, i)] = np_(v)
+    return out
+
+
+def test_gap_in_place_keras_checkpoint_resumes_exactly(tmp_path):
+    """A `.keras` file written in the middle of GaP's rounds resumes with the same
+    masks, step, weights and optimizer state (kg.load_model re-attaches the masks;
+    the KerasHub task, whose compile() is its own, is compiled from the file)."""
+    straight = _by_path(_gap_lm_run(tmp_path, interrupt=False))
+    resumed_model = _gap_lm_run(tmp_path, interrupt=True)
+    resumed = _by_path(resumed_model)
+    assert resumed.keys() == straight.keys()
+    for key, value in straight.items():
+        np.testing.assert_allclose(resumed[key], value, rtol=1e-5, atol=1e-6, err_msg=str(key))
+    _check_exact(resumed_model, 0.75)
+
+
+def test_load_model_names_missing_layers_and_loads_other_files_plainly(tmp_path):
+    lm = kg.prune_low_magnitude(_lm(), pruning_schedule=kg.ConstantSparsity(0.5, 0))
+    path = str(tmp_path / "lm.keras")
+    lm.save(path)
+    other = keras_hub.models.GPT2CausalLM(
+        backbone=keras_hub.models.GPT2Backbone(**dict(KW, num_layers=1)), preprocessor=None)
+    bad = str(tmp_path / "bad.keras")
+    # The archive of a pruned 2-block LM with the config of a 1-block one.
+    import zipfile
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(bad, "w") as dst:
+        for item in src.namelist():
+            data = src.read(item)
+            if item == "config.json":
+                data = json.dumps(keras.saving.serialize_keras_object(other)).encode()
+            dst.writestr(item, data)
+    with pytest.raises(ValueError, match=r"masks for layers \[.*transformer_layer_1/"):
+        kg.load_model(bad)
+    final = str(tmp_path / "final.keras")
+    kg.strip_pruning(lm).save(final)
+    loaded = kg.load_model(final)
+    assert type(loaded).__name__ == "GPT2CausalLM" and not inplace.in_place_wrappers(loaded)
