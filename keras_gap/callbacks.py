@@ -31,7 +31,7 @@ def overall_sparsity(wrappers):
     return 1.0 - nonzero / total if total else 0.0
 
 
-_STASH = "_keras_gap_train_function"
+_STASH = optimizer_wrappers.STASH_ATTRIBUTE
 
 
 def _stash_train_function(model, reusable=True, masking=None):
@@ -51,7 +51,8 @@ def _stash_train_function(model, reusable=True, masking=None):
         # ``masking``: the MaskedOptimizer the step was traced with, put back
         # in front of the compiled optimizer by the next fit.
         stash = (model.train_function, model.optimizer, masking)
-    object.__setattr__(model, _STASH, stash)  # not tracked as model state
+    # Not tracked as model state, and not saved (Keras' saver enters tuples).
+    object.__setattr__(model, _STASH, optimizer_wrappers.Unsaved(stash))
 
     def missing_callback_guard(*args, **kwargs):
         if keras.backend.backend() == "jax" and args:
@@ -79,7 +80,7 @@ def _restore_jax_state(model, state):
 
 
 def _restore_train_function(model):
-    stash = getattr(model, _STASH, None)
+    stash = getattr(getattr(model, _STASH, None), "value", None)
     object.__setattr__(model, _STASH, None)
     # `compile()` always resets `model.train_function`: the guard still being in
     # place means the model was not recompiled since the step was stashed.

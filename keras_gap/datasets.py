@@ -30,6 +30,12 @@ Fashion-MNIST (MNIST's per-class counts are fixed too and checked).
 Licences: Fashion-MNIST is MIT (Zalando SE); MNIST (Y. LeCun, C. Cortes,
 C. J. C. Burges) is CC BY-SA 3.0.
 
+Text: `fortunes` reads the Debian package ``fortunes`` (the fortune-mod
+collection of quotations filed by topic, ``/usr/share/games/fortunes``; BSD
+licence, see ``/usr/share/doc/fortunes/copyright``) as a topic-classification
+set with fixed train / validation / test splits; `word_vocabulary` and
+`encode_words` turn texts into token ids without any tokenizer package.
+
 Example:
     >>> from keras_gap import datasets
     >>> train = datasets.fashion_mnist("train", batch_size=128)
@@ -48,8 +54,9 @@ import tarfile
 import numpy as np
 
 __all__ = [
-    "DataNotFoundError", "SPECS", "default_data_dir", "fashion_mnist", "load",
-    "load_numpy", "mnist", "prepare", "read_idx",
+    "DataNotFoundError", "FORTUNES_TOPICS", "SPECS", "default_data_dir", "encode_words",
+    "fashion_mnist", "fortunes", "load", "load_numpy", "mnist", "prepare", "read_idx",
+    "word_vocabulary",
 ]
 
 _log = logging.getLogger(__name__)
@@ -573,3 +580,136 @@ def load_numpy(name, split="train", limit=None, data_dir=None, source_dirs=None,
         x = x[..., None]
     x = x.astype(np.float32) / np.float32(255.0) if normalize else np.ascontiguousarray(x)
     return x, y
+
+
+# --- Text: the fortune-mod collection as a topic-classification set ------------
+FORTUNES_DEB = "fortunes"
+FORTUNES_DIR = "/usr/share/games/fortunes"
+FORTUNES_LICENSE = "BSD (fortune-mod; /usr/share/doc/fortunes/copyright)"
+# Six of the package's larger topic files (5,000+ quotations together).
+FORTUNES_TOPICS = ("computers", "people", "politics", "science", "songs-poems", "work")
+_TEXT_SPLITS = ("train", "validation", "test")
+
+
+def _fortune_entries(path):
+    with open(path, "rb") as f:
+        raw = f.read().decode("utf-8", errors="replace")
+    entries = [e.strip() for e in raw.replace("\r", "").split("\n%\n")]
+    return [e for e in entries if e and e != "%"]
+
+
+def fortunes(split="train", topics=FORTUNES_TOPICS, directory=FORTUNES_DIR,
+             holdout_percent=10):
+    """Quotations of the fortune-mod collection, labelled by their topic file.
+
+    Every quotation of the chosen topic files is read once; a quotation filed
+    under two of them is dropped (its label would be ambiguous), and so is a
+    repeated one. The split is fixed by a CRC-32 of the text, not by its
+    position: ``holdout_percent`` of the quotations go to "test", as many to
+    "validation", the rest to "train", on every machine and call.
+
+    Args:
+        split: "train", "validation" or "test".
+        topics: names of files in ``directory`` (default `FORTUNES_TOPICS`);
+            label i is ``topics[i]``.
+        directory: where the Debian package ``fortunes`` puts them.
+        holdout_percent: percentage of quotations in each of validation and
+            test (1..45).
+
+    Returns:
+        ``(texts, labels)``: a list of str and an int64 array, in file order.
+
+    Raises:
+        DataNotFoundError: a topic file is missing (names the package and the
+            command that installs it).
+        ValueError: an unknown split or a bad ``holdout_percent``.
+
+    Example:
+        >>> texts, labels = datasets.fortunes("train")
+        >>> datasets.FORTUNES_TOPICS[labels[0]], texts[0][:40]
+    """
+    if split not in _TEXT_SPLITS:
+        raise ValueError(f"`split` must be one of {_TEXT_SPLITS}; received {split!r}.")
+    if not isinstance(holdout_percent, (int, np.integer)) or not 1 <= holdout_percent <= 45:
+        raise ValueError("`holdout_percent` must be an int in 1..45; received "
+                         f"{holdout_percent!r}.")
+    import zlib
+    topics = list(topics)
+    if len(set(topics)) != len(topics) or len(topics) < 2:
+        raise ValueError(f"`topics` must name at least two different files; received {topics}.")
+    by_text = {}
+    for label, topic in enumerate(topics):
+        path = pathlib.Path(directory) / topic
+        if not path.is_file():
+            raise DataNotFoundError(
+                f"fortune topic file {str(path)!r} not found. Install the Debian package "
+                f"{FORTUNES_DEB!r}: `sudo apt-get install {FORTUNES_DEB}` (tests/install_deps.sh "
+                f"does), or pass directory= where the files are. Topics there: "
+                f"{sorted(p.name for p in pathlib.Path(directory).glob('*') if '.' not in p.name) if pathlib.Path(directory).is_dir() else 'none (no such directory)'}.")
+        for text in _fortune_entries(path):
+            by_text.setdefault(text, set()).add(label)
+    texts, labels = [], []
+    for text, owners in by_text.items():
+        if len(owners) != 1:
+            continue
+        bucket = zlib.crc32(text.encode("utf-8")) % 100
+        where = ("test" if bucket < holdout_percent else
+                 "validation" if bucket < 2 * holdout_percent else "train")
+        if where == split:
+            texts.append(text)
+            labels.append(owners.pop())
+    return texts, np.asarray(labels, dtype=np.int64)
+
+
+def _words(text):
+    import re
+    return re.findall(r"[a-z0-9]+(?:'[a-z]+)?", text.lower())
+
+
+def word_vocabulary(texts, size):
+    """The ``size`` most frequent lower-cased words of ``texts`` (ties by first
+    appearance), after two reserved entries: "[PAD]" (id 0) and "[UNK]" (id 1).
+
+    Args:
+        texts: iterable of str (the training split only: never the test set).
+        size: vocabulary size including the two reserved entries (>= 3).
+
+    Returns:
+        A list of ``size`` (or fewer) strings; a word's id is its index.
+
+    Example:
+        >>> vocab = datasets.word_vocabulary(train_texts, 8000)
+    """
+    if not isinstance(size, (int, np.integer)) or size < 3:
+        raise ValueError(f"`size` must be an int >= 3; received {size!r}.")
+    import collections
+    counts = collections.Counter()
+    for text in texts:
+        counts.update(_words(text))
+    return ["[PAD]", "[UNK]"] + [w for w, _ in counts.most_common(int(size) - 2)]
+
+
+def encode_words(texts, vocabulary, sequence_length):
+    """Token ids of ``texts``: words by `word_vocabulary` ids (unknown words 1),
+    cut or padded with 0 to ``sequence_length``.
+
+    Args:
+        texts: list of str.
+        vocabulary: list from `word_vocabulary`.
+        sequence_length: ids per text.
+
+    Returns:
+        ``(ids, mask)``: int32 ``[N, sequence_length]`` and bool (True on tokens).
+
+    Example:
+        >>> ids, mask = datasets.encode_words(texts, vocab, 64)
+    """
+    if not isinstance(sequence_length, (int, np.integer)) or sequence_length < 1:
+        raise ValueError(f"`sequence_length` must be a positive int; received "
+                         f"{sequence_length!r}.")
+    index = {w: i for i, w in enumerate(vocabulary)}
+    ids = np.zeros((len(texts), int(sequence_length)), np.int32)
+    for row, text in enumerate(texts):
+        tokens = [index.get(w, 1) for w in _words(text)][:sequence_length]
+        ids[row, :len(tokens)] = tokens
+    return ids, ids != 0

@@ -35,7 +35,7 @@ import zipfile
 
 import keras
 
-from keras_gap import registry
+from keras_gap import optimizer_wrappers, registry
 from keras_gap.wrapper import PruneLowMagnitude
 
 ATTRIBUTE = "keras_gap_wrappers"
@@ -267,7 +267,9 @@ def strip_in_place(model):
 
     Returns:
         ``model`` itself, of its own class, with no keras-gap object left in it
-        (it saves and loads with plain ``keras.saving.load_model``).
+        (it saves and loads with plain ``keras.saving.load_model``). A compiled
+        model stays compiled with the optimizer it was compiled with (its state
+        kept) and trains on without pruning callbacks.
 
     Example:
         >>> final = kg.strip_pruning(pruned)   # calls this for in-place models
@@ -281,6 +283,16 @@ def strip_in_place(model):
         if "call" in vars(layer):
             object.__delattr__(layer, "call")  # the class's call again
     _set_tracked(model, None)
+    # The model stays compiled: its optimizer (and that optimizer's state) comes
+    # back out of the MaskedOptimizer the pruning callbacks put around it, and
+    # the next fit traces a fresh step (no mask, no missing-callback guard).
+    optimizer = getattr(model, "optimizer", None)
+    if isinstance(optimizer, optimizer_wrappers.MaskedOptimizer):
+        model.optimizer = optimizer.inner_optimizer
+    if getattr(model, "compiled", False):
+        model.train_function = None
+    if optimizer_wrappers.STASH_ATTRIBUTE in vars(model):
+        object.__delattr__(model, optimizer_wrappers.STASH_ATTRIBUTE)
     return model
 
 

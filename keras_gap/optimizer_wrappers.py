@@ -26,6 +26,34 @@ from keras import ops
 
 _PACKAGE = "keras_gap"
 
+# The model attribute where the pruning callbacks stash the compiled training
+# step between fits (keras_gap.callbacks); `strip_pruning` in place clears it.
+STASH_ATTRIBUTE = "_keras_gap_train_function"
+
+
+class Unsaved:
+    """Holds Python state that Keras' `.keras` saver must not enter.
+
+    The saver walks every attribute of a model or optimizer that is a layer,
+    an optimizer, a list, a tuple or a dict, and saves what it finds there
+    (a second copy of an optimizer, pruning wrappers kept for bookkeeping).
+    State kept in this holder is invisible to it.
+
+    Args:
+        value: anything.
+
+    Returns:
+        The holder; the state is ``holder.value``.
+
+    Example:
+        >>> object.__setattr__(model, "_bookkeeping", Unsaved({"step": 3}))
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
 
 class OptimizerWrapper(keras.optimizers.Optimizer):
     """Base of keras-gap's optimizer wrappers: delegates to ``inner_optimizer``.
@@ -184,10 +212,10 @@ class MaskedOptimizer(OptimizerWrapper):
         self._copies = {}   # path -> mask copy (optimizer variable)
         self._order = []    # (index in the built variable list, mask copy)
         # path -> (layer mask variable, owner wrapper), and path -> owner's
-        # mask_version when last copied. Set untracked: Keras would otherwise
-        # count the layers' masks among the optimizer's variables.
-        object.__setattr__(self, "_sources", {})
-        object.__setattr__(self, "_synced", {})
+        # mask_version when last copied. Untracked (Keras would otherwise count
+        # the layers' masks among the optimizer's variables) and unsaved (a
+        # `.keras` file would hold the wrappers a second time).
+        object.__setattr__(self, "_bound", Unsaved(({}, {})))
 
     def build(self, var_list):
         super().build(var_list)
@@ -232,9 +260,16 @@ class MaskedOptimizer(OptimizerWrapper):
         trainable = [(w, m, o) for w, m, o in pairs if w.trainable]
         if not self.built:
             self._paths = [w.path for w, _, _ in trainable]
-        object.__setattr__(self, "_sources", {
-            w.path: (m, o) for w, m, o in trainable if w.path in self._copies or not self.built})
-        object.__setattr__(self, "_synced", {})
+        self._bound.value = ({w.path: (m, o) for w, m, o in trainable
+                              if w.path in self._copies or not self.built}, {})
+
+    @property
+    def _sources(self):
+        return self._bound.value[0]
+
+    @property
+    def _synced(self):
+        return self._bound.value[1]
 
     def stale(self):
         """True when a bound layer's mask changed since it was last copied."""

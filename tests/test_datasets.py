@@ -220,3 +220,45 @@ def test_mnist_when_installed():
     xt, yt = next(iter(ds))
     np.testing.assert_array_equal(xt.numpy()[..., 0], x)
     np.testing.assert_array_equal(yt.numpy(), y)
+
+
+# --- Text: fortunes -------------------------------------------------------------------
+def _fake_fortunes(directory):
+    directory.mkdir()
+    (directory / "a").write_text("alpha one\n%\nshared quote\n%\nalpha two\n%\n" + "".join(
+        f"alpha filler {i}\n%\n" for i in range(40)))
+    (directory / "b").write_text("beta one\n%\nshared quote\n%\n" + "".join(
+        f"beta filler {i}\n%\n" for i in range(40)))
+    return directory
+
+
+def test_fortunes_splits_are_disjoint_fixed_and_drop_ambiguous_quotes(tmp_path):
+    d = _fake_fortunes(tmp_path / "f")
+    splits = {s: datasets.fortunes(s, topics=("a", "b"), directory=d, holdout_percent=20)
+              for s in ("train", "validation", "test")}
+    texts = [t for ts, _ in splits.values() for t in ts]
+    assert len(texts) == len(set(texts)) == 83  # 42 + 41 quotes: the shared one dropped
+    assert "shared quote" not in texts
+    assert all(len(ts) > 0 for ts, _ in splits.values())
+    for ts, labels in splits.values():
+        assert [t.startswith("beta") for t in ts] == [bool(v) for v in labels]
+    again = datasets.fortunes("test", topics=("a", "b"), directory=d, holdout_percent=20)
+    assert again[0] == splits["test"][0]  # fixed by a hash of the text
+
+
+def test_fortunes_bad_input_names_the_package(tmp_path):
+    with pytest.raises(datasets.DataNotFoundError, match=r"apt-get install fortunes"):
+        datasets.fortunes("train", topics=("nope", "a"), directory=tmp_path)
+    with pytest.raises(ValueError, match="`split` must be one of"):
+        datasets.fortunes("valid")
+    with pytest.raises(ValueError, match="holdout_percent"):
+        datasets.fortunes("train", holdout_percent=50)
+
+
+def test_word_vocabulary_and_encode_words():
+    vocab = datasets.word_vocabulary(["The cat, the dog.", "A cat's toy"], 5)
+    assert vocab == ["[PAD]", "[UNK]", "the", "cat", "dog"]
+    ids, mask = datasets.encode_words(["the bird the cat", ""], vocab, 3)
+    assert ids.tolist() == [[2, 1, 2], [0, 0, 0]] and mask.tolist() == [[True] * 3, [False] * 3]
+    with pytest.raises(ValueError, match="size"):
+        datasets.word_vocabulary([], 2)

@@ -311,3 +311,23 @@ def test_third_party_line_counter():
         "Epoch 1/2", "[GaP cgap] step 1/4 at training step 3: round 1/1, partition 1 grown",
         "output folder: /tmp/demo"])
     assert len(third_party_lines(text)) == 4
+
+
+@pytest.mark.skipif(not (pathlib.Path(datasets.FORTUNES_DIR) / "computers").is_file(),
+                    reason="Debian package fortunes missing: bash tests/install_deps.sh")
+def test_gap_kerashub_fast(tmp_path):
+    """The KerasHub example on real text (fortunes), tiny sizes: dense, GMP and C-GaP
+    train KerasHub's BertTextClassifier, which stays its class; the pruned blocks
+    end at the target; results written with provenance."""
+    pytest.importorskip("keras_hub")
+    run_example("gap_kerashub.py", "--fast", f"--output_dir={tmp_path}")
+    result = json.loads((tmp_path / "gap_kerashub.json").read_text())
+    rows = {r["method"]: r for r in result["rows"]}
+    assert sorted(rows) == ["cgap", "dense", "gmp"]
+    assert all(r["class"] == "BertTextClassifier" for r in rows.values())
+    assert rows["dense"]["block_sparsity"] == 0.0
+    for method in ("gmp", "cgap"):
+        assert abs(rows[method]["block_sparsity"] - 0.8) < 0.01, rows[method]
+    assert result["data"]["license"].startswith("BSD")
+    assert result["provenance"]["git"]["commit"]
+    assert "| cgap | 1 |" in (tmp_path / "gap_kerashub.md").read_text()

@@ -293,3 +293,41 @@ def test_load_model_names_missing_layers_and_loads_other_files_plainly(tmp_path)
     kg.strip_pruning(lm).save(final)
     loaded = kg.load_model(final)
     assert type(loaded).__name__ == "GPT2CausalLM" and not inplace.in_place_wrappers(loaded)
+
+
+def _h5_keys(path):
+    import io
+    import zipfile
+    import h5py
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        keys = []
+        h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r").visit(keys.append)
+    return names, sorted(keys)
+
+
+def test_strip_in_place_leaves_a_plain_compiled_model(tmp_path):
+    """After strip_pruning in place the model trains on without callbacks (its own
+    optimizer back, state kept) and its `.keras` file holds exactly what a
+    never-pruned model's holds: no wrapper, no second optimizer, no keras-gap asset."""
+    x, y = _tokens()
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    files = []
+    for prune in (False, True):
+        keras.backend.clear_session()
+        lm = _lm()
+        if prune:
+            lm = kg.prune_low_magnitude(lm, pruning_schedule=kg.ConstantSparsity(0.5, 0))
+        lm.compile(optimizer=keras.optimizers.Adam(1e-2), loss=loss)
+        lm.fit(x, y, batch_size=8, verbose=0,
+               callbacks=[kg.UpdatePruningStep()] if prune else [])
+        final = kg.strip_pruning(lm)
+        assert final is lm and type(final.optimizer).__name__ == "Adam"
+        iterations = int(np_(final.optimizer.iterations))
+        final.fit(x, y, batch_size=8, verbose=0)  # no callback needed any more
+        assert int(np_(final.optimizer.iterations)) == iterations + 2
+        path = str(tmp_path / f"{prune}.keras")
+        final.save(path)
+        files.append(_h5_keys(path))
+    assert files[1] == files[0]
+    assert not any("keras_gap" in name for name in files[1][0])
