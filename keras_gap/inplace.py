@@ -156,7 +156,7 @@ def checked_leaves(model, prune_depthwise=False, structure="unstructured",
     Args:
         model: a Functional subclass.
         prune_depthwise: also DepthwiseConv kernels.
-        structure: must be "unstructured".
+        structure: "unstructured" or "channel" (graph layers only).
         unsupported_layers: "error" refuses leaf layers with weights keras-gap
             does not know (naming their paths); "keep_dense" keeps them dense.
 
@@ -164,22 +164,22 @@ def checked_leaves(model, prune_depthwise=False, structure="unstructured",
         [(path, layer, block)] as `prunable_paths`.
 
     Raises:
-        ValueError: channel structure, an unbuilt model, or unknown layers.
+        ValueError: an unbuilt model, unknown layers, or (channel) no layer
+            outside composite layers.
 
     Example:
         >>> leaves = checked_leaves(lm)
     """
-    if structure != "unstructured":
-        raise ValueError(
-            f"structure={structure!r} is not supported for {type(model).__name__} "
-            f"{model.name!r}, which is pruned in place (a Functional subclass such as a "
-            "KerasHub model): channel groups inside its composite layers are not "
-            "analysed yet. Use the default unstructured pruning.")
+    if structure not in ("unstructured", "channel"):
+        raise ValueError(f"`structure` must be 'unstructured' or 'channel'; received "
+                         f"{structure!r}.")
     if not model.built:
         raise ValueError(f"Model {model.name!r} is not built: call it on data or build "
                          "it before pruning it.")
     unknown = []
     leaves = _leaves(model, prune_depthwise, structure, unknown)
+    if structure == "channel":
+        leaves = _graph_visible(model, leaves)
     if unknown and unsupported_layers == "error":
         raise ValueError(
             f"Model {model.name!r}: layer(s) {unknown} own weights but keras-gap does not "
@@ -187,6 +187,29 @@ def checked_leaves(model, prune_depthwise=False, structure="unstructured",
             "(return the kernels to prune, or [] to keep them dense), or pass "
             "unsupported_layers='keep_dense' to leave them dense.")
     return leaves
+
+
+def _graph_visible(model, leaves):
+    """structure="channel": the layers of the model's graph (nested models
+    included), whose channel groups `keras_gap.channel_groups` analyses. Layers
+    inside composite layers (transformer blocks) stay dense, with a warning."""
+    inside = [p for p, _, block in leaves if block is not None]
+    visible = [leaf for leaf in leaves if leaf[2] is None]
+    if inside:
+        import warnings
+        blocks = sorted({b for _, _, b in leaves if b is not None})
+        warnings.warn(
+            f"structure='channel' on {type(model).__name__} {model.name!r}: the {len(inside)} "
+            f"layers inside composite layers ({blocks[:3]}{' ...' if len(blocks) > 3 else ''}) "
+            "stay dense: channel groups inside composite layers (attention heads, FFN "
+            "units) are not analysed yet. Use unstructured pruning for them.", stacklevel=4)
+    if not visible:
+        raise ValueError(
+            f"structure='channel': {type(model).__name__} {model.name!r} has no layer with "
+            "channels outside composite layers (its prunable layers are all inside "
+            f"{sorted({b for _, _, b in leaves})[:3]}), and channel groups inside composite "
+            "layers are not analysed yet. Use the default unstructured pruning.")
+    return visible
 
 
 def prune_in_place(model, wrap, pruning_policy=None, prune_depthwise=False,
@@ -200,8 +223,10 @@ def prune_in_place(model, wrap, pruning_policy=None, prune_depthwise=False,
         pruning_policy: optional `PruningPolicy` or ``callable(layer) -> bool``
             (False: keep dense).
         prune_depthwise: also prune DepthwiseConv kernels.
-        structure: "unstructured" only (channel groups in place are not
-            supported yet).
+        structure: "unstructured", or "channel": only the layers of the
+            model's graph (nested backbones included) get channel masks, kept
+            in step over each channel group by the pruning callbacks; layers
+            inside composite layers stay dense (with a warning).
         unsupported_layers: "error" (default) refuses a leaf layer that owns
             weights keras-gap does not know how to prune (embeddings,
             position tables and normalizations excepted: they stay dense);

@@ -57,8 +57,14 @@ def clone_with(model, clone_layer, input_tensors=None, clone_nested=None):
             clones it recursively with ``clone_layer``.
 
     Returns:
-        The cloned model (nested models are cloned recursively).
+        The cloned model (nested models are cloned recursively; a Functional
+        subclass such as a KerasHub backbone comes back as a plain Functional
+        model of the same graph).
     """
+    if inplace.is_functional_subclass(model):
+        # A KerasHub backbone or task: its graph, as a plain Functional model
+        # (the clone has other layers, which its class's config cannot describe).
+        model = keras.Model(model.input, model.output, name=model.name)
     if not _is_graph_model(model):
         raise ValueError(
             f"Model {model.name!r} is a subclassed model ({type(model).__name__}); "

@@ -331,3 +331,74 @@ def test_strip_in_place_leaves_a_plain_compiled_model(tmp_path):
         files.append(_h5_keys(path))
     assert files[1] == files[0]
     assert not any("keras_gap" in name for name in files[1][0])
+
+
+def _resnet_classifier():
+    m = keras_hub.models
+    return m.ResNetImageClassifier(backbone=m.ResNetBackbone(
+        input_conv_filters=[64], input_conv_kernel_sizes=[3], stackwise_num_filters=[64, 16],
+        stackwise_num_blocks=[1, 1], stackwise_num_strides=[1, 2], block_type="basic_block",
+        image_shape=(16, 16, 3)), num_classes=3, preprocessor=None)
+
+
+def test_channel_pruning_in_place_then_materialize_a_kerashub_cnn():
+    """structure="channel" in place on KerasHub's ResNetImageClassifier: the class
+    stays while training; coupled channels (BatchNorm, the residual add) are pruned
+    together; materialize then removes them (a plain Functional model: its widths no
+    longer fit ResNetBackbone's config) with outputs equal to the stripped model's."""
+    clf = kg.prune_low_magnitude(_resnet_classifier(), structure="channel",
+                                 pruning_schedule=kg.ConstantSparsity(0.5, 0, frequency=1))
+    assert type(clf).__name__ == "ResNetImageClassifier"
+    rng = np.random.default_rng(0)
+    x, y = rng.random((16, 16, 16, 3)).astype("float32"), rng.integers(0, 3, 16)
+    clf.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    clf.fit(x, y, batch_size=8, verbose=0, callbacks=[kg.UpdatePruningStep()])
+    stripped = kg.strip_pruning(clf)
+    assert type(stripped).__name__ == "ResNetImageClassifier"
+    small, report = kg.materialize(stripped, return_report=True)
+    assert report.removed == {"conv1_conv": 32, "stack0_block0_1_conv": 32,
+                              "stack1_block0_1_conv": 8, "stack1_block0_2_conv": 8}
+    assert report.params_after < 0.3 * report.params_before
+    np.testing.assert_allclose(np_(small.predict(x, verbose=0)),
+                               np_(stripped.predict(x, verbose=0)), atol=1e-4)
+
+
+def test_channel_pruning_in_place_keeps_composite_layers_dense_and_says_so():
+    with pytest.warns(UserWarning, match=r"the 4 layers inside composite layers.*stay dense"):
+        clf = kg.prune_low_magnitude(
+            keras_hub.models.BertTextClassifier(backbone=keras_hub.models.BertBackbone(**KW),
+                                                num_classes=2, preprocessor=None),
+            structure="channel")
+    assert [w.in_place_path for w in inplace.in_place_wrappers(clf)] == [
+        "bert_backbone/pooled_dense", "logits"]
+    with pytest.raises(ValueError, match="no layer with channels outside composite layers"):
+        kg.prune_low_magnitude(keras_hub.models.GPT2Backbone(**KW), structure="channel")
+    with pytest.raises(ValueError, match=r"prune_gap\(structure='channel'\) is not supported"):
+        kg.prune_gap(_lm(), target_sparsity=0.5, structure="channel", steps_per_step=1)
+
+
+def _training_cost_start(model):
+    cost = kg.TrainingCost()
+    cost.set_model(model)
+    cost.on_train_begin()
+
+
+def test_fggp_and_training_cost_in_place():
+    """FGGP's gradient criterion and TrainingCost work on a model pruned in place."""
+    lm = kg.prune_low_magnitude(
+        _lm(), pruning_schedule=kg.PolynomialDecay(0.0, 0.75, begin_step=1, end_step=6,
+                                                   frequency=1),
+        criterion=kg.criteria.FGGP(rate=0.5), scope="global")
+    x, y = _tokens()
+    lm.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True))
+    with pytest.warns(UserWarning, match=r"TrainingCost\(sequence_length=...\)"):
+        _training_cost_start(lm)  # token sequences of unknown length: says what to pass
+    cost = kg.TrainingCost(sequence_length=6)
+    lm.fit(x, y, batch_size=2, epochs=1, verbose=0, callbacks=[kg.UpdatePruningStep(), cost])
+    report = kg.sparsity_report(lm)
+    pruned = [r for r in report.rows if "transformer_layer" in r.weight]
+    total = sum(r.params for r in pruned)
+    assert 1 - sum(r.nonzero for r in pruned) / total == pytest.approx(0.75, abs=0.01)
+    assert sum(masked_nonzeros(w)[0] for w in inplace.in_place_wrappers(lm)) == 0
+    assert cost.steps == 8 and 0.3 < cost.relative < 1.0

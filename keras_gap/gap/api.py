@@ -252,6 +252,12 @@ def _prune_gap_in_place(model, target, num_partitions, partitioning, distributio
     place (`keras_gap.inplace`), layers named by path, one GaP partition per
     transformer block with ``partitioning="blocks"``."""
     from keras_gap import inplace
+    if structure != "unstructured":
+        raise ValueError(
+            f"prune_gap(structure={structure!r}) is not supported for {type(model).__name__} "
+            f"{model.name!r}, which is pruned in place (a KerasHub model): GaP grows and "
+            "prunes its layers unstructured. Use kg.prune_low_magnitude(model, "
+            "structure='channel') for channel pruning of its graph layers.")
     leaves = inplace.checked_leaves(model, structure=structure,
                                     unsupported_layers=unsupported_layers)
     known = {p for p, _, _ in leaves} | {l.name for _, l, _ in leaves}

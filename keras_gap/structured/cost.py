@@ -44,6 +44,8 @@ class TrainingCost(keras.callbacks.Callback):
 
     Args:
         log_name: key of the ratio in the epoch logs.
+        sequence_length: length of an input sequence, for models whose inputs
+            have an unknown length (KerasHub text models; see `flops_report`).
 
     Returns:
         A Keras callback with, after training: ``relative`` (float),
@@ -62,11 +64,16 @@ class TrainingCost(keras.callbacks.Callback):
     # Nothing happens at batch end: Keras may dispatch batch ends asynchronously.
     async_safe = True
 
-    def __init__(self, log_name="train_macs_ratio"):
+    def __init__(self, log_name="train_macs_ratio", sequence_length=None):
         super().__init__()
         if not isinstance(log_name, str) or not log_name:
             raise ValueError(f"`log_name` must be a non-empty string; received {log_name!r}.")
+        if sequence_length is not None and (not isinstance(sequence_length, int)
+                                            or sequence_length < 1):
+            raise ValueError("`sequence_length` must be a positive int or None; received "
+                             f"{sequence_length!r}.")
         self.log_name = log_name
+        self.sequence_length = sequence_length
         self.steps = 0
         self._forward_macs = 0.0   # sum over steps of one example's forward MACs
         self._dense_macs = None    # one example's forward MACs, dense
@@ -96,11 +103,14 @@ class TrainingCost(keras.callbacks.Callback):
                 "This TrainingCost already counted the training of another model; "
                 "use one TrainingCost per model.")
         self._model_id = id(model)
-        report = flops_report(model)
+        report = flops_report(model, sequence_length=self.sequence_length)
         if report.not_counted:
+            hint = ("" if self.sequence_length is not None else
+                    " For inputs of unknown length (token sequences) pass "
+                    "TrainingCost(sequence_length=...).")
             warnings.warn(
                 "TrainingCost leaves out layers whose MACs flops_report cannot count: "
-                f"{', '.join(report.not_counted)}.", stacklevel=2)
+                f"{', '.join(report.not_counted)}.{hint}", stacklevel=2)
         weight_macs = {path: macs for row in report.rows for path, macs in row.weight_macs}
         self._dense_macs = report.macs
         self._wrappers = collect_wrappers(model)
