@@ -402,3 +402,34 @@ def test_fggp_and_training_cost_in_place():
     assert 1 - sum(r.nonzero for r in pruned) / total == pytest.approx(0.75, abs=0.01)
     assert sum(masked_nonzeros(w)[0] for w in inplace.in_place_wrappers(lm)) == 0
     assert cost.steps == 8 and 0.3 < cost.relative < 1.0
+
+
+def test_growing_gates_a_kerashub_cnn_and_finalizes():
+    """kg.growing on KerasHub's ResNetBackbone: add_gates reads its channel groups (the
+    gated space is a plain Functional model of the same graph), trains with
+    GrowingCallback, and finalize materializes it. A task nesting the backbone is
+    refused, naming the nested layers."""
+    rng = np.random.default_rng(0)
+    backbone = _resnet_classifier().backbone
+    x = rng.random((16, 16, 16, 3)).astype("float32")
+    y = np.zeros((16,) + tuple(backbone.output.shape[1:]), "float32")
+    gated = kg.growing.add_gates(backbone, seed_channels=0.25,
+                                 target=kg.growing.Budget(flops=0.5))
+    gated.compile("adam", "mse")
+    gated.fit(x, y, batch_size=8, epochs=1, verbose=0,
+              callbacks=[kg.growing.GrowingCallback(final_temperature=200)])
+    small = kg.growing.finalize(gated)
+    assert small.count_params() < backbone.count_params()
+    assert small.predict(x, verbose=0).shape[0] == 16
+    with pytest.raises(ValueError, match="inside a nested model"):
+        kg.growing.add_gates(_resnet_classifier(), seed_channels=0.25)
+
+
+def test_flops_report_keeps_the_masked_calls_of_a_model_pruned_in_place():
+    """flops_report records composite layers through their `call`; the masked call
+    prune_in_place put on each layer must still be there afterwards (it was dropped)."""
+    lm = kg.prune_low_magnitude(_lm(), pruning_schedule=kg.ConstantSparsity(0.5, 0))
+    layers = [w.layer for w in inplace.in_place_wrappers(lm)]
+    calls = [vars(layer)["call"] for layer in layers]
+    kg.flops_report(lm, sequence_length=6)
+    assert [vars(layer).get("call") for layer in layers] == calls

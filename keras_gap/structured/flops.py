@@ -402,13 +402,19 @@ def _eager_calls(model, sequence_length):
             return output
         return recorded
 
+    # A layer's own instance `call` (the masked call of a model pruned in place)
+    # is recorded through and put back afterwards, never dropped.
+    own = {lid: vars(layer)["call"] for lid, layer in targets.items() if "call" in vars(layer)}
     for layer in targets.values():
         object.__setattr__(layer, "call", recorder(layer, layer.call))
     try:
         model(inputs, training=False)
     finally:
-        for layer in targets.values():
-            object.__delattr__(layer, "call")  # the class's call again
+        for lid, layer in targets.items():
+            if lid in own:
+                object.__setattr__(layer, "call", own[lid])
+            else:
+                object.__delattr__(layer, "call")  # the class's call again
     return calls
 
 
