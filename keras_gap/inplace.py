@@ -336,6 +336,12 @@ def _set_tracked(model, wrappers):
             for w in in_place_wrappers(model):
                 tracker.untrack(w)
             object.__delattr__(model, ATTRIBUTE)
+            # The TensorFlow backend also lists tracked attribute names for
+            # SavedModel export (`_tracked`); a stale name breaks `model.export`
+            # and the TFLite converter (docs/KERAS_INTERNALS.md).
+            names = getattr(model, "_tracked", None)
+            if isinstance(names, list) and ATTRIBUTE in names:
+                names.remove(ATTRIBUTE)
     finally:
         if locked:
             tracker.lock()

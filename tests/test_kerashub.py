@@ -433,3 +433,28 @@ def test_flops_report_keeps_the_masked_calls_of_a_model_pruned_in_place():
     calls = [vars(layer)["call"] for layer in layers]
     kg.flops_report(lm, sequence_length=6)
     assert [vars(layer).get("call") for layer in layers] == calls
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="SavedModel: TF backend")
+def test_stripped_in_place_model_exports_saved_model_and_tflite_refuses_dict_inputs(tmp_path):
+    """After strip in place, model.export works (a stale tracked-attribute name broke
+    it), and the SavedModel converts to sparse TFLite with outputs equal to Keras';
+    to_tflite refuses named inputs clearly and names that route."""
+    import tensorflow as tf
+    clf = kg.prune_low_magnitude(keras_hub.models.BertTextClassifier(
+        backbone=keras_hub.models.BertBackbone(**KW), num_classes=2, preprocessor=None),
+        pruning_schedule=kg.ConstantSparsity(0.5, 0))
+    rng = np.random.default_rng(1)
+    x = {"token_ids": rng.integers(0, 50, (1, 6)).astype("int32"),
+         "segment_ids": np.zeros((1, 6), "int32"), "padding_mask": np.ones((1, 6), "int32")}
+    clf.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    clf.fit(x, np.zeros(1), verbose=0, callbacks=[kg.UpdatePruningStep()])
+    final = kg.strip_pruning(clf)
+    with pytest.raises(ValueError, match=r"named \(dict\) inputs.*from_saved_model"):
+        kg.export.to_tflite(final, str(tmp_path / "m.tflite"))
+    final.export(str(tmp_path / "sm"), format="tf_saved_model", verbose=False)
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "sm"))
+    converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
+    runner = tf.lite.Interpreter(model_content=converter.convert()).get_signature_runner()
+    got = list(runner(**{k: v for k, v in x.items()}).values())[0]
+    np.testing.assert_allclose(got, np_(final.predict(x, verbose=0)), atol=1e-4)

@@ -393,6 +393,15 @@ def to_tflite(model, path, sparse=True, quantize=None, representative_dataset=No
     if verify is None:
         verify = sample_inputs is not None or representative_dataset is not None
     model = _common.prepare_model(model)
+    if isinstance(getattr(model, "input", None), dict):
+        # Measured (TF 2.21, KerasHub 0.32): TFLiteConverter.from_keras_model fails
+        # inside TensorFlow on such models ("'NoneType' object is not callable").
+        raise ValueError(
+            f"to_tflite does not convert models with named (dict) inputs yet: "
+            f"{type(model).__name__} {model.name!r} takes {sorted(model.input)}. "
+            "Export it with model.export(dir, format='tf_saved_model') and convert "
+            "with tf.lite.TFLiteConverter.from_saved_model(dir) (optimizations="
+            "[tf.lite.Optimize.EXPERIMENTAL_SPARSITY] for sparse weights).")
     if sample_inputs is not None:
         _common.check_input_arrays(model, _common.as_input_list(sample_inputs),
                                    "sample_inputs")
