@@ -18,7 +18,7 @@ from keras_gap import console  # first: stdlib only, imported before Keras/Tenso
 console._from_environment()  # opt-in (KERAS_GAP_QUIET=1) only; see keras_gap/console.py
 
 from keras_gap import (criteria, datasets, distributions, export, gradients, masks,  # noqa: E402
-                       registry, structured)
+                       oneshot, registry, structured)
 from keras_gap import growing  # noqa: E402
 from keras_gap.callbacks import PruningSummaries, UpdatePruningStep
 from keras_gap.inplace import load_model
@@ -43,6 +43,6 @@ __all__ = [
     "PruningSchedule", "PruningSummaries", "SparsityReport",
     "TrainingCost", "UpdatePruningStep", "channel_groups", "criteria", "datasets",
     "distributions", "export", "flops_report", "gap_partitions", "gap_total_epochs", "gradients",
-    "growing", "load_model", "masks", "materialize", "prune_gap", "prune_low_magnitude", "prune_scope",
+    "growing", "load_model", "masks", "materialize", "oneshot", "prune_gap", "prune_low_magnitude", "prune_scope",
     "registry", "sparsity_report", "strip_pruning", "structured",
 ]

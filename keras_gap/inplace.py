@@ -98,7 +98,8 @@ def wrapper_name(path):
     return "prune_low_magnitude_" + path.replace("/", "__")
 
 
-def prunable_paths(model, prune_depthwise=False, structure="unstructured", unknown=None):
+def prunable_paths(model, prune_depthwise=False, structure="unstructured", unknown=None,
+                   is_leaf=None):
     """The layers `prune_in_place` would mask, with their paths and blocks.
 
     Args:
@@ -106,7 +107,11 @@ def prunable_paths(model, prune_depthwise=False, structure="unstructured", unkno
         prune_depthwise: also DepthwiseConv kernels.
         structure: "unstructured".
         unknown: optional list; the paths of leaf layers with weights keras-gap
-            does not know how to prune are appended to it.
+            does not know how to prune are appended to it (with ``is_leaf``:
+            every other leaf layer with weights, tables and norms excepted).
+        is_leaf: optional ``layer -> bool`` selecting the layers to list
+            instead of keras-gap's prunable layers (layers it rejects are
+            entered when they have sublayers).
 
     Returns:
         [(path, layer, block)] in definition order: ``path`` like
@@ -119,14 +124,20 @@ def prunable_paths(model, prune_depthwise=False, structure="unstructured", unkno
         ['gpt2_backbone/transformer_layer_0/self_attention']
     """
     return [(path, layer, block) for path, layer, block
-            in _leaves(model, prune_depthwise, structure, unknown)]
+            in _leaves(model, prune_depthwise, structure, unknown, is_leaf)]
 
 
-def _leaves(model, prune_depthwise, structure, unknown=None):
+def _leaves(model, prune_depthwise, structure, unknown=None, is_leaf=None):
     """[(path, layer, block)] of the prunable layers at any depth, in definition
     order; ``unknown`` collects the paths of leaf layers that own weights
-    keras-gap does not know how to prune (not tables)."""
+    keras-gap does not know how to prune (not tables). ``is_leaf(layer)``
+    replaces the prunability test (one-shot pruning selects Dense and
+    EinsumDense layers, inside attention layers too)."""
     out, seen = [], set()
+    custom_leaf = is_leaf is not None
+    if is_leaf is None:
+        def is_leaf(layer):
+            return _prunable(layer, prune_depthwise, structure)
 
     def walk(layer, prefix, block):
         for sub in registry.sublayers(layer):
@@ -134,7 +145,7 @@ def _leaves(model, prune_depthwise, structure, unknown=None):
                 continue
             seen.add(id(sub))
             path = f"{prefix}/{sub.name}" if prefix else sub.name
-            if _prunable(sub, prune_depthwise, structure):
+            if is_leaf(sub):
                 out.append((path, sub, block))
             elif registry.sublayers(sub):
                 inner_block = block
@@ -142,7 +153,7 @@ def _leaves(model, prune_depthwise, structure, unknown=None):
                     inner_block = path  # the outermost composite layer: a block
                 walk(sub, path, inner_block)
             elif (unknown is not None and sub.weights and not _dense_by_rule(sub)
-                  and not registry.is_supported(sub, prune_depthwise)):
+                  and (custom_leaf or not registry.is_supported(sub, prune_depthwise))):
                 unknown.append(f"{path} ({type(sub).__name__})")
 
     walk(model, "", None)

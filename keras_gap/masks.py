@@ -289,6 +289,32 @@ def compute_mask(scores, sparsity, block_size=(1, 1), block_pooling_type=AVG,
     return block_mask(scores, sparsity, block_size, block_pooling_type)
 
 
+def per_output_mask(scores, sparsity):
+    """Keeps the highest scores of each output separately: ``num_to_keep(rows,
+    sparsity)`` entries in every column of a ``[inputs, outputs]`` matrix (the
+    comparison group of Wanda, Sun et al. 2023: one output's incoming weights).
+
+    Args:
+        scores: array ``[inputs, outputs]``; higher means more important.
+        sparsity: float in [0, 1).
+
+    Returns:
+        float32 numpy mask shaped like ``scores``; ties broken by lower row index.
+
+    Example:
+        >>> per_output_mask(np.abs(w) * norms[:, None], 0.5)
+    """
+    scores = np.asarray(ops.convert_to_numpy(scores), dtype=np.float64)
+    if scores.ndim != 2:
+        raise ValueError(f"per_output_mask needs a [inputs, outputs] matrix; received shape "
+                         f"{scores.shape}.")
+    keep = num_to_keep(scores.shape[0], validate_sparsity(sparsity))
+    order = np.argsort(-np.nan_to_num(scores, nan=-np.inf), axis=0, kind="stable")
+    mask = np.zeros(scores.shape, np.float32)
+    np.put_along_axis(mask, order[:keep], 1.0, axis=0)
+    return mask
+
+
 def random_mask(shape, sparsity, seed=None, block_size=(1, 1)):
     """Exact-count uniformly random mask (GaP's and ERK's sparse start).
 

@@ -1,0 +1,133 @@
+"""One-shot pruning (kg.oneshot.prune): magnitude, Wanda and SparseGPT on calibration data."""
+
+import numpy as np
+import pytest
+import keras
+
+import keras_gap as kg
+from keras_gap import oneshot
+from pruning_testlib import np_
+
+pytestmark = pytest.mark.core
+
+
+def _data(seed=0, n=512, d=32):
+    """Correlated inputs with uneven feature scales: where the input-aware criteria
+    should beat magnitude (as in LLM activations)."""
+    rng = np.random.default_rng(seed)
+    mix = rng.normal(size=(d, d))
+    scale = np.exp(rng.normal(size=d))
+    return (rng.normal(size=(n, d)) @ mix * scale).astype("float32")
+
+
+def _mlp():
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([keras.Input((32,)), keras.layers.Dense(64, activation="relu",
+                                                                    name="d1"),
+                             keras.layers.Dense(16, name="d2")])
+
+
+def _heldout_error(method, **kwargs):
+    x = _data()
+    reference = _mlp().predict(x[256:], verbose=0)
+    model, report = oneshot.prune(_mlp(), x[:256], method=method, verbose=0, **kwargs)
+    out = model.predict(x[256:], verbose=0)
+    return float(np.mean((out - reference) ** 2) / np.mean(reference ** 2)), model, report
+
+
+@pytest.mark.parametrize("kwargs", [dict(sparsity=0.5), dict(sparsity_m_by_n=(2, 4))])
+def test_sparsegpt_beats_wanda_beats_magnitude_on_held_out_inputs(kwargs):
+    errors = {m: _heldout_error(m, **kwargs)[0] for m in oneshot.METHODS}
+    assert errors["sparsegpt"] < errors["wanda"] < errors["magnitude"], errors
+
+
+def test_exact_sparsity_per_output_and_n_by_m_groups():
+    _, model, report = _heldout_error("wanda", sparsity=0.5)
+    for layer in model.layers:
+        kernel = np_(layer.kernel)
+        assert (kernel == 0).sum(axis=0).tolist() == [kernel.shape[0] // 2] * kernel.shape[1]
+    assert report.sparsity == 0.5 and [r.path for r in report.layers] == ["d1", "d2"]
+    for method in ("magnitude", "sparsegpt", "wanda"):
+        _, model, _ = _heldout_error(method, sparsity_m_by_n=(1, 4))
+        for layer in model.layers:
+            groups = (np_(layer.kernel) == 0).reshape(-1, 4, layer.kernel.shape[1])
+            assert (groups.sum(axis=1) == 1).all(), method  # 1 zero in every 4 inputs
+
+
+def test_sparsegpt_at_zero_sparsity_changes_nothing():
+    x = _data()
+    model = _mlp()
+    before = [np_(w).copy() for w in model.weights]
+    _, report = oneshot.prune(model, x[:64], method="sparsegpt", sparsity=0.0, verbose=0)
+    for a, b in zip(before, model.weights):
+        np.testing.assert_allclose(np_(b), a, atol=1e-5)
+    assert all(r.error < 1e-8 for r in report.layers)
+
+
+def test_fine_tuning_with_prune_low_magnitude_keeps_the_one_shot_zeros():
+    x = _data()
+    model, _ = oneshot.prune(_mlp(), x[:128], method="sparsegpt", sparsity=0.5, verbose=0)
+    zeros = [np_(layer.kernel) == 0 for layer in model.layers]
+    pruned = kg.prune_low_magnitude(
+        model, pruning_schedule=kg.ConstantSparsity(0.5, begin_step=1, end_step=1))
+    pruned.compile("adam", "mse")
+    pruned.fit(x, np.zeros((len(x), 16)), batch_size=64, epochs=2, verbose=0,
+               callbacks=[kg.UpdatePruningStep()])
+    final = kg.strip_pruning(pruned)
+    for z, layer in zip(zeros, final.layers):
+        assert ((np_(layer.kernel) == 0) == z).all()
+
+
+def test_kerashub_lm_block_by_block_keeps_its_class_and_generates():
+    keras_hub = pytest.importorskip("keras_hub")
+    lm = keras_hub.models.GPT2CausalLM(backbone=keras_hub.models.GPT2Backbone(
+        vocabulary_size=50, num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32,
+        max_sequence_length=8), preprocessor=None)
+    rng = np.random.default_rng(0)
+    x = {"token_ids": rng.integers(0, 50, (16, 8)).astype("int32"),
+         "padding_mask": np.ones((16, 8), bool)}
+    same, report = oneshot.prune(lm, x, method="sparsegpt", sparsity_m_by_n=(2, 4), verbose=0)
+    assert same is lm and type(lm).__name__ == "GPT2CausalLM"
+    paths = [r.path for r in report.layers]
+    assert len(paths) == 12  # q, k, v, output + 2 FFN per block; embeddings and norms not
+    assert "gpt2_backbone/transformer_layer_1/self_attention/attention_output" in paths
+    assert report.sparsity == 0.5 and report.samples == 16
+    out = lm.generate({"token_ids": np.ones((1, 8), "int32"),
+                       "padding_mask": np.array([[1, 1, 0, 0, 0, 0, 0, 0]], bool)},
+                      max_length=8, stop_token_ids=None)
+    assert np.asarray(out["token_ids"]).shape == (1, 8)
+    with pytest.raises(ValueError, match=r"takes inputs .*'token_ids': \(None, None\).*"
+                                         r"received \['token_ids'\]"):
+        oneshot.prune(lm, {"token_ids": x["token_ids"]}, method="wanda")
+    with pytest.raises(ValueError, match=r"\['token_ids'\]: dtype float32 does not fit.*int32"):
+        oneshot.prune(lm, dict(x, token_ids=x["token_ids"].astype("float32")))
+
+
+def test_bad_input_is_named():
+    x = _data()
+    with pytest.raises(ValueError, match=r"shape \(8, 5\) does not fit the model's input.*"
+                                         r"\(None, 32\)"):
+        oneshot.prune(_mlp(), x[:8, :5])
+    with pytest.raises(ValueError, match="`method` must be one of"):
+        oneshot.prune(_mlp(), x[:8], method="obs")
+    with pytest.raises(ValueError, match=r"keep_dense.*\['nope'\]"):
+        oneshot.prune(_mlp(), x[:8], keep_dense=["nope"])
+    with pytest.raises(ValueError, match="holds pruning wrappers"):
+        oneshot.prune(kg.prune_low_magnitude(_mlp()), x[:8])
+    with pytest.raises(ValueError, match="structure='channel'"):
+        oneshot.prune(_mlp(), x[:8], structure="channel")
+    _, report = oneshot.prune(_mlp(), x[:8], keep_dense=["d2"], verbose=0)
+    assert [r.path for r in report.layers] == ["d1"] and ("d2", "keep_dense") in report.skipped
+
+
+def test_layers_it_cannot_handle_are_skipped_and_listed():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    h = keras.layers.Flatten()(h)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(h))
+    x = np.random.default_rng(0).random((8, 8, 8, 3)).astype("float32")
+    _, report = oneshot.prune(model, x, method="wanda", verbose=0)
+    assert [r.path for r in report.layers] == ["head"]
+    assert report.skipped[0][0] == "conv" and "Conv2D" in report.skipped[0][1]
+    assert "skipped conv" in str(report)
