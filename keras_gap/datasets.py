@@ -33,7 +33,9 @@ C. J. C. Burges) is CC BY-SA 3.0.
 Text: `fortunes` reads the Debian package ``fortunes`` (the fortune-mod
 collection of quotations filed by topic, ``/usr/share/games/fortunes``; BSD
 licence, see ``/usr/share/doc/fortunes/copyright``) as a topic-classification
-set with fixed train / validation / test splits; `word_vocabulary` and
+set with fixed train / validation / test splits; `kjv` reads the King James
+Bible (public domain) through the ``bible`` program of the Debian package
+``bible-kjv``, a language-modelling corpus; `word_vocabulary` and
 `encode_words` turn texts into token ids without any tokenizer package.
 
 Example:
@@ -55,7 +57,7 @@ import numpy as np
 
 __all__ = [
     "DataNotFoundError", "FORTUNES_TOPICS", "SPECS", "default_data_dir", "encode_words",
-    "fashion_mnist", "fortunes", "load", "load_numpy", "mnist", "prepare", "read_idx",
+    "fashion_mnist", "fortunes", "kjv", "load", "load_numpy", "mnist", "prepare", "read_idx",
     "word_vocabulary",
 ]
 
@@ -713,3 +715,59 @@ def encode_words(texts, vocabulary, sequence_length):
         tokens = [index.get(w, 1) for w in _words(text)][:sequence_length]
         ids[row, :len(tokens)] = tokens
     return ids, ids != 0
+
+
+# --- Text: the King James Bible, for language modelling ------------------------------
+KJV_DEB = "bible-kjv"
+KJV_LICENSE = ("public domain (King James Version, 1611); read with the `bible` program of "
+               "Debian's bible-kjv (GPL-2+)")
+
+
+def kjv(split="train", holdout_percent=5, program="bible"):
+    """Verses of the King James Bible (31,102), split by a CRC-32 of each verse.
+
+    Read with ``bible -f gen1:1-rev22:21`` (Debian package ``bible-kjv``, which
+    brings the text package ``bible-kjv-text``); the reference that starts each
+    line ("Ge1:1") is removed. ``holdout_percent`` of the verses go to "test",
+    as many to "validation", the rest to "train".
+
+    Args:
+        split: "train", "validation" or "test".
+        holdout_percent: percentage of verses in each of validation and test.
+        program: the ``bible`` executable.
+
+    Returns:
+        A list of verse texts, in canonical order.
+
+    Raises:
+        DataNotFoundError: the program is missing (names the package).
+
+    Example:
+        >>> verses = datasets.kjv("train")
+    """
+    import shutil
+    import subprocess
+    import zlib
+    if split not in _TEXT_SPLITS:
+        raise ValueError(f"`split` must be one of {_TEXT_SPLITS}; received {split!r}.")
+    if not isinstance(holdout_percent, (int, np.integer)) or not 1 <= holdout_percent <= 45:
+        raise ValueError("`holdout_percent` must be an int in 1..45; received "
+                         f"{holdout_percent!r}.")
+    exe = shutil.which(program)
+    if exe is None:
+        raise DataNotFoundError(
+            f"the `{program}` program (Debian package {KJV_DEB!r}) is not installed: "
+            f"`sudo apt-get install {KJV_DEB}` (tests/install_deps.sh does).")
+    out = subprocess.run([exe, "-f", "gen1:1-rev22:21"], capture_output=True, check=True,
+                         timeout=120).stdout.decode("utf-8", errors="replace")
+    verses = []
+    for line in out.splitlines():
+        ref, _, text = line.partition(" ")
+        if not text or ":" not in ref:
+            continue
+        bucket = zlib.crc32(text.encode("utf-8")) % 100
+        where = ("test" if bucket < holdout_percent else
+                 "validation" if bucket < 2 * holdout_percent else "train")
+        if where == split:
+            verses.append(text.strip())
+    return verses

