@@ -283,7 +283,7 @@ def main(argv):
         md = (f"# C-GaP on a KerasHub BertTextClassifier (fortunes topics)\n\n"
               f"`python examples/gap_kerashub.py {' '.join(sys.argv[1:])}`; commit "
               f"{_common.commit_label(prov)}, {prov['backend']} backend, {prov['date']}, "
-              f"{prov['machine'].get('cpu_count', '?')} CPUs. {FLAGS.epochs} epochs for every "
+              f"{prov['machine'].get('logical_cores', '?')} logical cores. {FLAGS.epochs} epochs for every "
               f"method, target sparsity {FLAGS.sparsity} of the blocks' attention and FFN "
               f"kernels (pooler and classifier dense). Data: {result['data']['sizes']}.\n\n"
               + table(summary) + f"\n\nSparse TFLite export of the C-GaP model: {export}\n")
