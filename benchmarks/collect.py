@@ -50,6 +50,8 @@ BENCHMARKS = [
      "python benchmarks/prunability.py"),
     ("kerashub_prunability", "KerasHub models pruned in place (every family that builds "
      "offline)", "python benchmarks/kerashub_prunability.py"),
+    ("gap_kerashub", "C-GaP on KerasHub's BertTextClassifier, real text (fortunes topics)",
+     "python examples/gap_kerashub.py --seeds 1,2,3 --output_dir benchmarks/results"),
     ("growing", "Growing networks vs dense, channel GMP / C-GaP, unstructured C-GaP",
      "python benchmarks/growing.py --seeds 2 --train_images 6000 --epochs 5 "
      "--latency_runs 200"),
