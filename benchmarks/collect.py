@@ -52,6 +52,9 @@ BENCHMARKS = [
      "offline)", "python benchmarks/kerashub_prunability.py"),
     ("gap_kerashub", "C-GaP on KerasHub's BertTextClassifier, real text (fortunes topics)",
      "python examples/gap_kerashub.py --seeds 1,2,3 --output_dir benchmarks/results"),
+    ("oneshot_lm", "One-shot magnitude / Wanda / SparseGPT on a KerasHub GPT-2 (King James "
+     "Bible)", "python benchmarks/oneshot_lm.py --epochs 2 --vocabulary 4000 "
+     "--finetune_steps 100"),
     ("growing", "Growing networks vs dense, channel GMP / C-GaP, unstructured C-GaP",
      "python benchmarks/growing.py --seeds 2 --train_images 6000 --epochs 5 "
      "--latency_runs 200"),
