@@ -49,6 +49,12 @@ def validate_steps(begin_step, end_step, frequency, allow_negative_1=True):
         )
     if frequency <= 0:
         raise ValueError(f"`frequency` must be > 0; received {frequency}.")
+    if end_step == 0:
+        import warnings
+        warnings.warn(
+            "end_step=0: this schedule never updates the masks, because the first "
+            "training batch is step 1 (as in tf-mot). To prune once at the first batch "
+            "use begin_step=1, end_step=1.", stacklevel=3)
 
 
 class PruningSchedule:

@@ -213,3 +213,14 @@ def test_importing_keras_gap_does_not_import_tfmot_or_set_legacy_keras():
     assert "tensorflow_model_optimization" not in sys.modules, \
         "keras_gap must not import tf-mot"
     assert "TF_USE_LEGACY_KERAS" not in os.environ
+
+
+def test_end_step_zero_warns_that_the_schedule_never_fires():
+    import warnings
+    with pytest.warns(UserWarning, match=r"end_step=0: this schedule never updates.*"
+                                         r"begin_step=1, end_step=1"):
+        schedule = kg.ConstantSparsity(0.5, begin_step=0, end_step=0)
+    assert not any(schedule(step)[0] for step in range(1, 5))  # indeed never
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kg.ConstantSparsity(0.5, begin_step=1, end_step=1)
