@@ -212,12 +212,10 @@ _PRUNERS = {"magnitude": _magnitude, "wanda": _wanda, "sparsegpt": _sparsegpt}
 class _Stats:
     """Running sums of one layer's inputs, flattened to [tokens, features]."""
 
-    def __init__(self, n, gram=True):
+    def __init__(self, n):
         self.n = n                   # contracted axes
         self.sumsq = None            # [features]
-        self.gram = None             # [features, features] (X^T X) when asked for
-        self.want_gram = gram
-        self.tokens = 0
+        self.gram = None             # [features, features] (X^T X)
 
     def add(self, x):
         x = np.asarray(ops.convert_to_numpy(x), dtype=np.float64)
@@ -225,12 +223,9 @@ class _Stats:
         x = x.reshape(-1, features)
         if self.sumsq is None:
             self.sumsq = np.zeros(features)
-            if self.want_gram:
-                self.gram = np.zeros((features, features))
+            self.gram = np.zeros((features, features))
         self.sumsq += np.sum(x * x, axis=0)
-        if self.want_gram:
-            self.gram += x.T @ x
-        self.tokens += x.shape[0]
+        self.gram += x.T @ x
 
 
 def _recording(layer, stats):
@@ -253,8 +248,8 @@ def _recording(layer, stats):
 
 
 # --- Calibration data ----------------------------------------------------------------------
-def _batches(model, data, batch_size):
-    """Calibration batches, checked against the model's inputs."""
+def _batches(data, batch_size):
+    """Calibration batches (checked once against the model by `_check_inputs`)."""
     if isinstance(data, dict):
         arrays = {k: np.asarray(v) for k, v in data.items()}
         n = {k: len(v) for k, v in arrays.items()}
@@ -264,7 +259,6 @@ def _batches(model, data, batch_size):
     else:
         arrays = np.asarray(data)
         count = len(arrays)
-    _check_inputs(model, arrays)
     if count < 1:
         raise ValueError("calibration_data is empty; pass at least one example.")
     for start in range(0, count, batch_size):
@@ -376,6 +370,8 @@ def prune(model, calibration_data, method="wanda", sparsity=0.5, sparsity_m_by_n
     if collect_wrappers(model) or inplace.in_place_wrappers(model):
         raise ValueError(f"Model {model.name!r} holds pruning wrappers; strip it first "
                          "(kg.strip_pruning) and prune the plain model.")
+    _check_inputs(model, {k: np.asarray(v) for k, v in calibration_data.items()}
+                  if isinstance(calibration_data, dict) else np.asarray(calibration_data))
     start = time.time()
     unknown = []
     leaves = inplace.prunable_paths(model, unknown=unknown, is_leaf=_is_target)
@@ -408,7 +404,7 @@ def prune(model, calibration_data, method="wanda", sparsity=0.5, sparsity_m_by_n
         undo = [_recording(layer, stats[p]) for p, layer, _ in members]
         try:
             samples = 0
-            for batch in _batches(model, calibration_data, batch_size):
+            for batch in _batches(calibration_data, batch_size):
                 model(batch, training=False)
                 samples += len(next(iter(batch.values())) if isinstance(batch, dict)
                                else batch)
