@@ -279,12 +279,11 @@ def prune_in_place(model, wrap, pruning_policy=None, prune_depthwise=False,
         wrapper.in_place = True
         wrapper.in_place_path = path  # saved in `.keras` assets: see `load_model`
         wrapper.in_place_index = len(wrappers)
-        original = layer.call
 
-        def masked_call(*args, _wrapper=wrapper, _call=original, **kwargs):
-            return _wrapper.masked(_call, *args, **kwargs)
+        def masked(call, _wrapper=wrapper):
+            return lambda *args, **kwargs: _wrapper.masked(call, *args, **kwargs)
 
-        object.__setattr__(layer, "call", masked_call)  # on the instance only
+        registry.replace_call(layer, masked)  # on the instance only
         wrappers.append(wrapper)
     if not wrappers:
         raise ValueError(
@@ -315,9 +314,7 @@ def strip_in_place(model):
     for wrapper in in_place_wrappers(model):
         for weight, mask in zip(wrapper.pruned_weights, wrapper.masks):
             weight.assign(keras.ops.multiply(weight, keras.ops.cast(mask, weight.dtype)))
-        layer = wrapper.layer
-        if "call" in vars(layer):
-            object.__delattr__(layer, "call")  # the class's call again
+        registry.restore_call(wrapper.layer)  # the class's call again
     _set_tracked(model, None)
     # The model stays compiled: its optimizer (and that optimizer's state) comes
     # back out of the MaskedOptimizer the pruning callbacks put around it, and

@@ -44,7 +44,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_gap import inplace
+from keras_gap import inplace, registry
 from keras_gap import masks as mask_lib
 
 __all__ = ["METHODS", "OneShotReport", "prune"]
@@ -230,21 +230,12 @@ class _Stats:
 
 def _recording(layer, stats):
     """Replaces ``layer.call`` on the instance; returns a function that undoes it."""
-    own = vars(layer).get("call")
-    call = layer.call
-
-    def recorded(*args, **kwargs):
-        stats.add(args[0] if args else kwargs["inputs"])
-        return call(*args, **kwargs)
-
-    object.__setattr__(layer, "call", recorded)
-
-    def undo():
-        if own is not None:
-            object.__setattr__(layer, "call", own)
-        else:
-            object.__delattr__(layer, "call")
-    return undo
+    def wrap(call):
+        def recorded(*args, **kwargs):
+            stats.add(args[0] if args else kwargs["inputs"])
+            return call(*args, **kwargs)
+        return recorded
+    return registry.replace_call(layer, wrap)
 
 
 # --- Calibration data ----------------------------------------------------------------------

@@ -292,3 +292,40 @@ def sublayers(layer):
     """Direct sublayers of ``layer`` (Keras has no public list for a plain Layer;
     used to enter composite layers such as KerasHub's TransformerEncoder)."""
     return list(layer._flatten_layers(include_self=False, recursive=False))
+
+
+def replace_call(layer, wrap):
+    """Replaces ``layer.call`` on the instance by ``wrap(current call)``.
+
+    The current call is the instance's own ``call`` when it has one (a layer
+    pruned in place runs its masked call) or the class's. The one place
+    keras-gap patches calls: pruning in place, the FLOPs and one-shot
+    recording passes.
+
+    Args:
+        layer: a Keras layer.
+        wrap: function of the current bound ``call`` returning the new one.
+
+    Returns:
+        A function of no arguments that puts back what was there (the
+        instance's previous ``call``, or the class's).
+
+    Example:
+        >>> undo = replace_call(layer, lambda call: lambda *a, **k: call(*a, **k))
+        >>> undo()
+    """
+    own = vars(layer).get("call")
+    object.__setattr__(layer, "call", wrap(layer.call))
+
+    def undo():
+        if own is not None:
+            object.__setattr__(layer, "call", own)
+        elif "call" in vars(layer):
+            object.__delattr__(layer, "call")  # the class's call again
+    return undo
+
+
+def restore_call(layer):
+    """Drops an instance ``call`` set by `replace_call`: the class's call again."""
+    if "call" in vars(layer):
+        object.__delattr__(layer, "call")

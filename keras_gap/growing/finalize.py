@@ -8,6 +8,7 @@ import numpy as np
 from keras_gap.growing import gating
 from keras_gap.growing.gates import BLOCK, CHANNEL, ApplyGate, Gate
 from keras_gap.structured.materialize import materialize
+from keras_gap.structured.trace import trace
 
 L = keras.layers
 
@@ -102,11 +103,13 @@ def finalize(gated, return_report=False):
 
     folded = gating._rebuild(functional, call_fn, gated.name.removesuffix("_gated"))
     by_name = {layer.name: layer for layer in functional.layers}
-    site_input = {}
-    for node in gating._nodes(functional):
-        if isinstance(node.operation, ApplyGate):
-            gate = gating._op_of(node.input_tensors[1])
-            site_input.setdefault(id(gate), []).append(gating._op_of(node.input_tensors[0]))
+    traced = trace(functional)
+    made_by = {k: c.layer for c in traced.calls for k in c.out_keys}
+    site_input = {}   # id(gate) -> the layers whose outputs the gate scales
+    for call in traced.calls:
+        if isinstance(call.layer, ApplyGate):
+            x, gate_values = call.in_keys[:2]
+            site_input.setdefault(id(made_by.get(gate_values)), []).append(made_by.get(x))
     for g in gates:
         if g.kind != CHANNEL:
             continue

@@ -42,18 +42,6 @@ def _functional(model, what="add_gates"):
     return functional
 
 
-def _nodes(functional):
-    for depth in sorted(functional._nodes_by_depth, reverse=True):
-        for node in functional._nodes_by_depth[depth]:
-            if node.operation is not None and not node.is_input:
-                yield node
-
-
-def _op_of(tensor):
-    history = getattr(tensor, "_keras_history", None)
-    return getattr(history, "operation", None)
-
-
 def _new_inputs(functional):
     return [keras.Input(batch_shape=tuple(x.shape), dtype=x.dtype) for x in functional.inputs]
 
@@ -86,33 +74,37 @@ def gates_of(model):
             if isinstance(layer, Gate)]
 
 
-def find_blocks(functional):
+def find_blocks(traced):
     """Residual blocks of the top-level graph.
+
+    Args:
+        traced: the model's `keras_gap.structured.trace.Trace`.
 
     Returns:
         (blocks, unknown): blocks is a list of (Add layer, branch input index,
-        set of ids of the branch's layers); unknown lists (Add layer, names of
-        the layers feeding it) for Adds whose residual branch is ambiguous.
+        set of ids of the branch's layers, nested models' layers included);
+        unknown lists (Add layer, names of the layers feeding it) for Adds
+        whose residual branch is ambiguous.
     """
-    anc, ops_by_id = {}, {}
-    for x in functional.inputs:
-        anc[id(x)] = frozenset()
+    anc = {k: frozenset() for k in traced.model_inputs[id(traced.model)]}
+    layers, producer = {}, {}
     blocks, unknown = [], []
-    for node in _nodes(functional):
-        op = node.operation
-        ops_by_id[id(op)] = op
-        ins = [anc.get(id(x), frozenset()) for x in node.input_tensors]
+    for call in traced.calls:
+        op = call.layer
+        layers[id(op)] = op
+        ins = [anc.get(k, frozenset()) for k in call.in_keys]
         out = frozenset().union(*ins) | {id(op)}
-        for y in node.outputs:
-            anc[id(y)] = out
-        if not isinstance(op, L.Add):
+        for k in call.out_keys:
+            anc[k] = out
+            producer[k] = op
+        if not isinstance(op, L.Add) or call.model is not traced.model:
             continue
-        feeding = [getattr(_op_of(x), "name", "?") for x in node.input_tensors]
+        feeding = [getattr(producer.get(k), "name", "?") for k in call.in_keys]
         if len(ins) != 2:
             unknown.append((op, feeding))
             continue
         only = [ins[0] - ins[1], ins[1] - ins[0]]
-        counts = [sum(graph_lib.is_producer(ops_by_id[i]) for i in s) for s in only]
+        counts = [sum(graph_lib.is_producer(layers[i]) for i in s) for s in only]
         if counts[0] == counts[1]:
             unknown.append((op, feeding))
             continue
@@ -129,14 +121,16 @@ def _f0_is_zero(layer):
     return bool(np.all(value == 0))
 
 
-def _channel_sites(space, functional, graph):
+def _channel_sites(graph):
     """{group index: [(producer, layer the gate follows)]} for gateable groups, and why not."""
-    top = {id(node.operation) for node in _nodes(functional)}
-    calls, users = {}, {}
-    for node in _nodes(functional):
-        calls[id(node.operation)] = calls.get(id(node.operation), 0) + 1
-        for x in node.input_tensors:
-            users.setdefault(id(x), []).append(node.operation)
+    traced = graph.trace
+    top = {id(c.layer) for c in traced.calls if c.model is traced.model}
+    calls, users, output_key = {}, {}, {}
+    for call in traced.calls:
+        calls[id(call.layer)] = calls.get(id(call.layer), 0) + 1
+        output_key.setdefault(id(call.layer), call.out_keys[0] if call.out_keys else None)
+        for k in call.in_keys:
+            users.setdefault(k, []).append(call.layer)
     sites, skipped = {}, []
     for group in graph.groups:
         if not group.removable:
@@ -151,7 +145,7 @@ def _channel_sites(space, functional, graph):
                                   np.arange(group.size)):
                 reason = f"{name!r} holds only part of the group's channels"
                 break
-            after = users.get(id(layer.output), [])  # called once: node 0's output
+            after = users.get(output_key[id(layer)], [])
             if (len(after) == 1 and isinstance(after[0], L.BatchNormalization)
                     and calls.get(id(after[0])) == 1 and id(after[0]) in top):
                 chosen.append((layer, after[0]))
@@ -244,10 +238,10 @@ def add_gates(space, seed_channels=0.25, seed_blocks=None, target=None, initial_
         raise ValueError(f"Model {space.name!r} already has growing gates; train it, or "
                          "finalize it first.")
     graph = graph_lib.analyze(space)
-    sites, skipped = _channel_sites(space, functional, graph)
+    sites, skipped = _channel_sites(graph)
     blocks = []
     if seed_blocks is not None:
-        blocks, unknown = find_blocks(functional)
+        blocks, unknown = find_blocks(graph.trace)
         if unknown:
             add, feeding = unknown[0]
             raise ValueError(
@@ -256,7 +250,8 @@ def add_gates(space, seed_channels=0.25, seed_blocks=None, target=None, initial_
                 "where one (the skip path) passes through fewer Conv/Dense layers since "
                 "they forked. Use seed_blocks=None for channel gates only.")
         if not blocks:
-            names = [node.operation.name for node in _nodes(functional)]
+            names = [c.layer.name for c in graph.trace.calls
+                     if c.model is graph.trace.model]
             raise ValueError(
                 f"add_gates(seed_blocks={seed_blocks}): model {space.name!r} has no residual "
                 f"block (an Add of a skip path and a branch); layers seen: {names}. Use "
@@ -385,21 +380,22 @@ class GateStructure:
                                          graph.class_position.tolist())):
             if g in group_offset:
                 cls[c] = group_offset[g] + pos
-        blocks, _ = find_blocks(_functional(plain, "growing"))
+        blocks, _ = find_blocks(graph.trace)
         by_add = {add.name: layers for add, _, layers in blocks}
         block_of = {}   # layer id -> structure indices of the blocks holding it
         for gate, off in zip(self.gates, offsets):
             if gate.kind == BLOCK:
                 for lid in by_add.get(gate.targets[0], ()):
                     block_of.setdefault(lid, []).append(int(off))
+        # Rows and analysed layers meet on their trace path ("backbone/dense").
         rows = {row.layer: row for row in report.rows}
         self.terms = []  # (macs, params, in index array, out index array, block indices)
         seen = set()
         for lid, layer in graph.layers.items():
-            row = rows.get(layer.name)
+            row = rows.get(graph.paths.get(lid))
             if row is None:
                 continue
-            seen.add(layer.name)
+            seen.add(row.layer)
             maps = graph.maps.get(lid, {})
             idx = {k: (cls[np.where(m >= 0, m, 0)] * (m >= 0) - (m < 0))
                    if len(m) else np.zeros(0, np.int64) for k, m in maps.items()}

@@ -41,6 +41,7 @@ import numpy as np
 from keras import ops
 
 from keras_gap import registry
+from keras_gap.structured import trace as trace_lib
 from keras_gap.wrapper import PruneLowMagnitude
 
 L = keras.layers
@@ -185,9 +186,7 @@ def _fmt_ratio(r):
 
 
 # Shapes -------------------------------------------------------------------------------
-def _shape(tensor_or_shape):
-    shape = getattr(tensor_or_shape, "shape", tensor_or_shape)
-    return tuple(None if d is None else int(d) for d in shape)
+_shape = trace_lib.shape_of
 
 
 def _known(shape, skip_batch=True):
@@ -348,76 +347,6 @@ def _composite_paths(layer, prefix):
     return out
 
 
-def _call_shapes(layer, args, kwargs, output):
-    if isinstance(layer, L.MultiHeadAttention):
-        values = list(args) + [None] * 3
-        found = [kwargs.get(n, values[i]) for i, n in enumerate(("query", "value", "key"))]
-        ins = [_shape(t) for t in found if hasattr(t, "shape")]
-    else:
-        ins = [_shape(t) for t in keras.tree.flatten((args, kwargs)) if hasattr(t, "shape")]
-    outs = [_shape(t) for t in keras.tree.flatten(output) if hasattr(t, "shape")]
-    return ins, outs
-
-
-def _eager_calls(model, sequence_length):
-    """{id(layer): [(input shapes, output shapes)]} of every call, at any depth, of
-    each layer of ``model`` with a MAC rule (composite layers' sublayers included),
-    from one forward pass on a batch of one (unknown input dims =
-    ``sequence_length``).
-
-    Each such layer's ``call`` is wrapped on the instance for the pass (and
-    restored after); calls made inside a layer with a rule (a
-    MultiHeadAttention's projections) are part of that layer's count.
-
-    Raises:
-        _NotCounted: an input dimension is unknown and no ``sequence_length``.
-    """
-    targets = {}
-    for layer in model._flatten_layers(include_self=False):
-        inner = layer.layer if isinstance(layer, PruneLowMagnitude) else layer
-        if _has_rule(inner) and not _is_model(inner):
-            targets[id(inner)] = inner
-    if not targets:
-        return {}
-
-    def concrete(x):
-        dims = [1] + [sequence_length if d is None else int(d) for d in x.shape[1:]]
-        if any(d is None for d in dims):
-            raise _NotCounted("unknown input length; pass sequence_length=")
-        return keras.ops.ones(dims, dtype=x.dtype)
-
-    inputs = keras.tree.map_structure(concrete, model.input)
-    calls, active = {}, []
-
-    def recorder(layer, call):
-        def recorded(*args, **kwargs):
-            outer = not active
-            active.append(layer)
-            try:
-                output = call(*args, **kwargs)
-            finally:
-                active.pop()
-            if outer:
-                calls.setdefault(id(layer), []).append(_call_shapes(layer, args, kwargs, output))
-            return output
-        return recorded
-
-    # A layer's own instance `call` (the masked call of a model pruned in place)
-    # is recorded through and put back afterwards, never dropped.
-    own = {lid: vars(layer)["call"] for lid, layer in targets.items() if "call" in vars(layer)}
-    for layer in targets.values():
-        object.__setattr__(layer, "call", recorder(layer, layer.call))
-    try:
-        model(inputs, training=False)
-    finally:
-        for lid, layer in targets.items():
-            if lid in own:
-                object.__setattr__(layer, "call", own[lid])
-            else:
-                object.__delattr__(layer, "call")  # the class's call again
-    return calls
-
-
 def _density(variable, mask=None):
     values = ops.convert_to_numpy(variable)
     if mask is not None:
@@ -425,12 +354,11 @@ def _density(variable, mask=None):
     return np.count_nonzero(values) / values.size if values.size else 1.0
 
 
-def _row(name, layer, calls, note=""):
-    """The `LayerFlops` of ``layer`` (a wrapper is seen through)."""
+def _row(name, layer, wrapper, calls, note=""):
+    """The `LayerFlops` of ``layer`` (masks from its pruning ``wrapper``, if any)."""
     masks = {}
-    if isinstance(layer, PruneLowMagnitude):
-        masks = {id(w): m for w, m in zip(layer.pruned_weights, layer.masks)}
-        layer = layer.layer
+    if wrapper is not None:
+        masks = {id(w): m for w, m in zip(wrapper.pruned_weights, wrapper.masks)}
     params = sum(_prod(w.shape) for w in layer.weights)
     try:
         weight, other = {}, 0
@@ -451,108 +379,64 @@ def _row(name, layer, calls, note=""):
                       weight_macs=tuple(weight.items()), note=note)
 
 
-def _is_model(layer):
-    return isinstance(layer, keras.Model) or (
-        hasattr(layer, "layers") and not isinstance(layer, PruneLowMagnitude)
-        and type(layer).__name__ in ("Functional", "Sequential"))
+_is_model = trace_lib.is_model
 
 
-def _node_calls(model):
-    """{id(layer): (layer, [(input shapes, output shapes) per call])} in graph order."""
-    calls = {}
-    for depth in sorted(model._nodes_by_depth, reverse=True):
-        for node in model._nodes_by_depth[depth]:
-            op = node.operation
-            if isinstance(op, L.InputLayer) or node.is_input:
-                continue
-            args = node.arguments
-            if isinstance(op, L.MultiHeadAttention) or (
-                    isinstance(op, PruneLowMagnitude)
-                    and isinstance(op.layer, L.MultiHeadAttention)):
-                ins = _attention_inputs(args)
-            else:
-                ins = [_shape(t) for t in args.keras_tensors]
-            outs = [_shape(t) for t in node.output_tensors]
-            calls.setdefault(id(op), (op, []))[1].append((ins, outs))
-    return calls
-
-
-def _attention_inputs(args):
-    """[query, value, key] shapes of a MultiHeadAttention call."""
+def _attention_inputs(call):
+    """[query, value, key] shapes of a MultiHeadAttention call in a graph."""
+    args = call.arguments
+    if args is None:
+        return list(call.in_shapes)
     names = ("query", "value", "key")
     values = list(args.args) + [None] * 3
     found = {n: args.kwargs.get(n, values[i]) for i, n in enumerate(names)}
     return [_shape(found[n]) for n in names if hasattr(found[n], "shape")]
 
 
-def _build_shapes(layer):
-    """(input shapes, output shapes) from the shapes ``layer`` was built with."""
-    shapes = getattr(layer, "_build_shapes_dict", None) or {}
-    ins = [tuple(s) for s in shapes.values() if isinstance(s, (tuple, list))
-           and all(d is None or isinstance(d, int) for d in s)]
-    if not ins:
-        return None
-    try:
-        out = layer.compute_output_shape(*ins)
-    except Exception:  # noqa: BLE001 - many layers cannot infer shapes alone
-        out = None
-    if out is None or isinstance(out, (list, dict)):
-        return ins, [None]
-    return ins, [_shape(out)]
+def _shapes(call):
+    """(input shapes, output shapes) of one traced call, as `_count` reads them."""
+    if isinstance(call.layer, L.MultiHeadAttention):
+        return _attention_inputs(call), list(call.out_shapes)
+    return list(call.in_shapes), list(call.out_shapes)
 
 
-def _sequential_calls(model):
-    """The compute_output_shape chain of a Sequential model without a graph."""
-    build = getattr(model, "_build_shapes_dict", None) or {}
-    shape = next(iter(build.values()), None)
-    if shape is None:
-        return None
-    calls, shape = {}, _shape(shape)
-    for layer in model.layers:
-        out = _shape(layer.compute_output_shape(shape))
-        calls[id(layer)] = (layer, [([shape], [out])])
-        shape = out
-    return calls
+class _Concrete:
+    """The eager pass of `trace.concrete_calls`, run once, when first needed."""
+
+    def __init__(self, model, sequence_length):
+        self.model, self.sequence_length = model, sequence_length
+        self._calls = None
+
+    def get(self):
+        """dict id(layer) -> [(ins, outs)], or the `_NotCounted` that stopped it."""
+        if self._calls is None:
+            targets = {}
+            for layer in self.model._flatten_layers(include_self=False):
+                inner = trace_lib.unwrap(layer)
+                if _has_rule(inner) and not _is_model(inner):
+                    targets[id(inner)] = inner
+            try:
+                self._calls = trace_lib.concrete_calls(
+                    self.model, targets.values(), self.sequence_length)
+            except trace_lib.UnknownInputLength as e:
+                self._calls = _NotCounted(str(e))
+        return self._calls
 
 
-def _layer_calls(model):
-    if isinstance(model, keras.Function):
-        return _node_calls(model)
-    functional = getattr(model, "_functional", None)
-    if functional is not None:
-        return _node_calls(functional)
-    return _sequential_calls(model) if isinstance(model, keras.Sequential) else None
-
-
-def _rows(model, prefix="", sequence_length=None, seen=None):
-    """Rows of ``model``; ``seen`` ({id(layer): row name}) gives a layer called in
-    two places (a tied embedding: lookup in the backbone, LM head in the task)
-    its parameters once."""
-    seen = {} if seen is None else seen
-    rows = []
-    calls, note = _layer_calls(model), ""
-    traced = None  # the eager trace, made at the first composite layer
-    if calls is None:  # subclassed model: each layer once, at its build shapes
-        calls, note = {}, "one call at its build shapes (subclassed model)"
-        for layer in model.layers:
-            shapes = _build_shapes(layer)
-            calls[id(layer)] = (layer, [shapes] if shapes else [])
-    for layer, layer_calls in calls.values():
-        name = prefix + (layer.layer.name if isinstance(layer, PruneLowMagnitude)
-                         else layer.name)
-        if _is_model(layer):
-            rows.extend(_rows(layer, prefix=name + "/", sequence_length=sequence_length,
-                              seen=seen))
+def _rows(model, sequence_length=None):
+    """Rows of ``model``, one per (layer, path) of its trace. A layer called from two
+    models (a tied embedding: lookup in the backbone, LM head in the task) has
+    its parameters in its first row only."""
+    traced = trace_lib.trace(model)
+    concrete = _Concrete(model, sequence_length)
+    note = ("one call at its build shapes (subclassed model)"
+            if traced.kind == trace_lib.BUILD_SHAPES else "")
+    rows, seen = [], {}
+    for name, inner, wrapper, calls in traced.layer_calls():
+        layer_calls = [_shapes(c) for c in calls if c.in_shapes or c.out_shapes]
+        if _is_composite(inner):
+            rows.extend(_composite_rows(inner, name, concrete.get()))
             continue
-        if _is_composite(layer):
-            if traced is None:
-                try:
-                    traced = _eager_calls(model, sequence_length)
-                except _NotCounted as e:
-                    traced = e
-            rows.extend(_composite_rows(layer, name, traced))
-            continue
-        inner = layer.layer if isinstance(layer, PruneLowMagnitude) else layer
         if not isinstance(inner, L.Layer):   # a keras.ops call on symbolic tensors
             if type(inner).__name__ in _UNCOUNTED_OPS:
                 rows.append(LayerFlops(layer=name, type=type(inner).__name__, params=0,
@@ -564,20 +448,16 @@ def _rows(model, prefix="", sequence_length=None, seen=None):
         if sequence_length is not None and not all(
                 _known(shape) for ins, outs in layer_calls for shape in ins + outs
                 if shape is not None):
-            if traced is None:
-                try:
-                    traced = _eager_calls(model, sequence_length)
-                except _NotCounted as e:
-                    traced = e
-            if not isinstance(traced, Exception) and traced.get(id(inner)):
-                layer_calls = traced[id(inner)]
+            eager = concrete.get()
+            if not isinstance(eager, Exception) and eager.get(id(inner)):
+                layer_calls = eager[id(inner)]
         if not layer_calls:
             rows.append(LayerFlops(layer=name, type=type(inner).__name__,
                                    params=sum(_prod(w.shape) for w in inner.weights),
                                    macs=None, nonzero_macs=None,
                                    note="not counted: input size unknown"))
             continue
-        row = _row(name, layer, layer_calls, note)
+        row = _row(name, inner, wrapper, layer_calls, note)
         if id(inner) in seen:  # its weights are already in an earlier row
             row = dataclasses.replace(row, params=0, note="; ".join(
                 n for n in (row.note, f"weights counted at {seen[id(inner)]}") if n))
@@ -600,7 +480,8 @@ def _composite_rows(layer, name, traced):
                                    params=sum(_prod(w.shape) for w in inner.weights),
                                    macs=None, nonzero_macs=None, note=f"not counted: {why}"))
             continue
-        rows.append(_row(path, sub, sub_calls, f"in {type(layer).__name__}"))
+        wrapper = sub if isinstance(sub, PruneLowMagnitude) else None
+        rows.append(_row(path, inner, wrapper, sub_calls, f"in {type(layer).__name__}"))
     return rows
 
 

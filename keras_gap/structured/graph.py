@@ -34,7 +34,8 @@ import keras
 import numpy as np
 
 from keras_gap.registry import trivial_einsum
-from keras_gap.wrapper import PruneLowMagnitude
+from keras_gap.structured import trace as trace_lib
+from keras_gap.structured.trace import unwrap
 
 L = keras.layers
 
@@ -68,11 +69,6 @@ ELEMENTWISE_OPS = frozenset((
     "Selu", "Softplus", "Softsign", "LeakyRelu", "Clip", "Cast", "Mish", "Celu"))
 
 PRODUCER, FOLLOWER, CONSUMER = "producer", "follower", "consumer"
-
-
-def unwrap(layer):
-    """The layer a `PruneLowMagnitude` wraps (or ``layer`` itself)."""
-    return layer.layer if isinstance(layer, PruneLowMagnitude) else layer
 
 
 def is_producer(layer):
@@ -198,9 +194,11 @@ class ChannelGraph:
         >>> [str(group) for group in g.groups]
     """
 
-    def __init__(self, model):
+    def __init__(self, model, traced=None):
         self.model = model
+        self.trace = traced if traced is not None else trace_lib.trace(model)
         self.layers, self.wrappers, self.roles = {}, {}, {}
+        self.paths = {}       # layer id -> path of its first call ("backbone/dense")
         self._ids = {}        # layer id -> {"out"/"in": channel-id array}
         self._order = []      # layer ids in first-visit order
         self._chan = _UnionFind()
@@ -211,11 +209,11 @@ class ChannelGraph:
         self._producer_ids = {}
         self.steps = []           # (layer, input keys, output keys), leaves in order
         self.tensor_ids = {}      # tensor key -> channel-id array (None: untracked)
-        self.tensor_shapes = {}   # tensor key -> shape
-        self.model_inputs = {}    # id(model) -> input tensor keys (nested too)
+        self.tensor_shapes = self.trace.shapes   # tensor key -> shape
+        self.model_inputs = self.trace.model_inputs  # id(model) -> input keys
         self.step_arguments = []  # per step: (node.arguments, ids of its input tensors)
         self.output_keys = []
-        self.output_keys = self._walk_model(model, None)
+        self._walk()
         self._finish()
 
     # Ids -------------------------------------------------------------------------
@@ -254,70 +252,48 @@ class ChannelGraph:
                 store[key] = ids
 
     # Walking ---------------------------------------------------------------------
-    def _walk_model(self, model, input_ids):
-        functional = model
-        if isinstance(model, keras.Sequential):
-            functional = getattr(model, "_functional", None)
-            if functional is None:
+    def _walk(self):
+        traced, model = self.trace, self.model
+        if traced.kind != trace_lib.GRAPH:
+            if isinstance(model, keras.Sequential):
                 raise ValueError(
                     f"Sequential model {model.name!r} is not built with an input "
                     "shape; give it a keras.Input (or call model.build(shape)) "
                     "before analysing its channels.")
-        if not isinstance(functional, keras.Function):
             raise ValueError(
                 f"Model {model.name!r} ({type(model).__name__}) is not a Sequential "
                 "or Functional model; channel analysis needs its layer graph.")
-        tensors = {}
-        for i, x in enumerate(functional.inputs):
-            if input_ids is None:
-                tensors[id(x)] = self._key(self._input_ids(x, model.name), x.shape)
-            else:
-                tensors[id(x)] = input_ids[i]
-        self.model_inputs.setdefault(id(model), [tensors[id(x)] for x in functional.inputs])
-        for depth in sorted(functional._nodes_by_depth, reverse=True):
-            for node in functional._nodes_by_depth[depth]:
-                if not node.operation or node.is_input:
-                    continue
-                if any(id(x) not in tensors for x in node.input_tensors):
-                    continue
-                in_keys = [tensors[id(x)] for x in node.input_tensors]
-                if isinstance(unwrap(node.operation), keras.Model):
-                    out_keys = self._walk_model(unwrap(node.operation), in_keys)
-                else:
-                    outs = self._visit(node, [self.tensor_ids[k] for k in in_keys])
-                    out_keys = [self._key(ids, x.shape) for x, ids in zip(node.outputs, outs)]
-                    self.steps.append((unwrap(node.operation), in_keys, out_keys))
-                    self.step_arguments.append(
-                        (node.arguments, [id(x) for x in node.input_tensors]))
-                for x, key in zip(node.outputs, out_keys):
-                    tensors[id(x)] = key
-        outputs = [tensors.get(id(x)) for x in functional.outputs]
-        if input_ids is None:
-            for x, key in zip(functional.outputs, outputs):
-                ids = self.tensor_ids.get(key)
-                op = getattr(getattr(x, "_keras_history", None), "operation", None)
-                self._block(ids, unwrap(op).name if op is not None else "output",
-                            "reaches a model output")
-        return outputs
+        for nested, _ in traced.models:
+            if id(nested) not in traced.model_inputs:
+                raise ValueError(
+                    f"Model {nested.name!r} ({type(nested).__name__}) inside "
+                    f"{model.name!r} is not a Sequential or Functional model; channel "
+                    "analysis needs its layer graph.")
+        for key in traced.model_inputs[id(model)]:
+            self.tensor_ids[key] = self._input_ids(traced.shapes[key], model.name)
+        for call in traced.calls:
+            ins = [self.tensor_ids.get(k) for k in call.in_keys]
+            outs = self._visit(call, ins)
+            for key, ids in zip(call.out_keys, outs):
+                self.tensor_ids[key] = ids
+            self.paths.setdefault(id(call.layer), call.path)
+            self.steps.append((call.layer, list(call.in_keys), list(call.out_keys)))
+            self.step_arguments.append(
+                (call.arguments, [id(x) for x in call.input_tensors]))
+        self.output_keys = list(traced.output_keys)
+        for key, op in zip(traced.output_keys, traced.output_layers):
+            self._block(self.tensor_ids.get(key), op.name if op is not None else "output",
+                        "reaches a model output")
 
-    def _key(self, ids, shape):
-        key = len(self.tensor_ids)
-        self.tensor_ids[key] = ids
-        self.tensor_shapes[key] = tuple(shape)
-        return key
-
-    def _input_ids(self, tensor, model_name):
-        c = _last_dim(tensor)
+    def _input_ids(self, shape, model_name):
+        c = _last_dim(shape)
         if c is None:
             return None
         return self._new_ids(c, "input", f"{model_name} input", "model input")
 
-    def _visit(self, node, ins):
-        op = node.operation
-        wrapper = op if isinstance(op, PruneLowMagnitude) else None
-        layer = unwrap(op)
-        in_shapes = [tuple(x.shape) for x in node.input_tensors]
-        out_shapes = [tuple(x.shape) for x in node.outputs]
+    def _visit(self, call, ins):
+        wrapper, layer = call.wrapper, call.layer
+        in_shapes, out_shapes = list(call.in_shapes), list(call.out_shapes)
         x = ins[0] if ins else None
         rank = len(in_shapes[0]) if in_shapes else 0
         name = layer.name
@@ -335,8 +311,7 @@ class ChannelGraph:
                     int(out_shapes[0][-1]), "producer", name)
             self._register(layer, wrapper, PRODUCER, "out", self._producer_ids[lid])
             return [self._producer_ids[lid]]
-        if x is None or len(ins) != len(node.input_tensors) or any(
-                i is None for i in ins):
+        if x is None or any(i is None for i in ins):
             return self._blocker(layer, wrapper, ins, out_shapes,
                                  "input channels unknown")
         if isinstance(layer, _DEPTHWISE) and _channels_last(layer):
@@ -552,8 +527,8 @@ class ChannelGraph:
         return None
 
 
-def _last_dim(tensor):
-    shape = tuple(tensor.shape)
+def _last_dim(shape):
+    shape = tuple(getattr(shape, "shape", shape))
     if not shape or shape[-1] is None:
         return None
     return int(shape[-1])
