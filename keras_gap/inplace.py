@@ -202,24 +202,37 @@ def checked_leaves(model, prune_depthwise=False, structure="unstructured",
 
 def _graph_visible(model, leaves):
     """structure="channel": the layers of the model's graph (nested models
-    included), whose channel groups `keras_gap.channel_groups` analyses. Layers
-    inside composite layers (transformer blocks) stay dense, with a warning."""
-    inside = [p for p, _, block in leaves if block is not None]
-    visible = [leaf for leaf in leaves if leaf[2] is None]
+    included), whose channel groups `keras_gap.channel_groups` analyses, and
+    inside composite layers (transformer blocks) the producers of attention
+    heads and FFN units (`registry.structures`). Other layers inside
+    composite layers stay dense; a block with neither is named in a warning."""
+    members = set()
+    for layer in model._flatten_layers(include_self=False):
+        for st in registry.structures(layer):
+            if st.blocked:
+                continue
+            if st.kind == "heads" and isinstance(st.owner, keras.layers.MultiHeadAttention):
+                members.add(id(st.owner))
+            else:
+                members.update(id(p) for p, _ in st.producers)
+    visible = [leaf for leaf in leaves if leaf[2] is None or id(leaf[1]) in members]
+    used = {block for _, layer, block in visible if block is not None}
+    inside = [p for p, _, block in leaves if block is not None and block not in used]
     if inside:
         import warnings
-        blocks = sorted({b for _, _, b in leaves if b is not None})
+        blocks = sorted({b for _, _, b in leaves if b is not None and b not in used})
         warnings.warn(
             f"structure='channel' on {type(model).__name__} {model.name!r}: the {len(inside)} "
             f"layers inside composite layers ({blocks[:3]}{' ...' if len(blocks) > 3 else ''}) "
-            "stay dense: channel groups inside composite layers (attention heads, FFN "
-            "units) are not analysed yet. Use unstructured pruning for them.", stacklevel=4)
+            "stay dense: keras-gap finds no attention heads or FFN units in them "
+            "(see keras_gap.registry.structures). Use unstructured pruning for them.",
+            stacklevel=4)
     if not visible:
         raise ValueError(
             f"structure='channel': {type(model).__name__} {model.name!r} has no layer with "
-            "channels outside composite layers (its prunable layers are all inside "
-            f"{sorted({b for _, _, b in leaves})[:3]}), and channel groups inside composite "
-            "layers are not analysed yet. Use the default unstructured pruning.")
+            "channels, heads or FFN units keras-gap can mask (its prunable layers are all "
+            f"inside {sorted({b for _, _, b in leaves})[:3]}). Use the default unstructured "
+            "pruning.")
     return visible
 
 

@@ -164,7 +164,7 @@ class ChannelPlan:
         self.members, self.producers, self.skipped = {}, {}, {}
         for g, lids in members.items():
             group = graph.groups[g]
-            missing = [graph.layers[l].name for l in lids if l not in wrapped]
+            missing = [graph.name_of(l) for l in lids if l not in wrapped]
             if not group.removable:
                 self.skipped[g] = "not removable: " + ", ".join(
                     f"{n} ({r})" for n, r in group.blocked_by[:2])
@@ -173,7 +173,7 @@ class ChannelPlan:
             else:
                 self.members[g] = [wrapped[l] for l in lids]
                 self.producers[g] = [wrapped[l] for l in lids
-                                     if graph.layers[l].name in group.producers]
+                                     if graph.name_of(l) in group.producers]
 
     def groups_for(self, wrappers):
         """Prunable groups whose channels any of ``wrappers`` holds."""

@@ -12,6 +12,7 @@ error, or left dense on request.
 """
 
 import abc
+import dataclasses
 
 import keras
 
@@ -256,10 +257,27 @@ def channel_weights(layer):
         out.append((layer.pointwise_kernel, -1))
     elif isinstance(layer, _DEPTHWISE_LAYERS):
         out.append((layer.kernel, (-2, -1)))
+    elif isinstance(layer, L.MultiHeadAttention):
+        # One channel per head: the query, key and value projections' head
+        # slices (a head whose three slices are zero outputs exactly zero).
+        heads = [p for dense in (layer.query_dense, layer.key_dense, layer.value_dense)
+                 for p in channel_weights(dense)] if layer.built else []
+        sizes = {int(v.shape[a]) for v, a in heads}
+        return heads if len(heads) >= 3 and sizes == {int(layer.num_heads)} else []
     elif isinstance(layer, L.EinsumDense):
-        if not trivial_einsum(layer):
-            return []
-        out.append((layer.kernel, -1))
+        if trivial_einsum(layer):
+            out.append((layer.kernel, -1))
+        else:
+            axes = head_axes(layer)
+            if axes is None:
+                return []
+            kernel_axis, bias_axis = axes
+            out.append((layer.kernel, kernel_axis))
+            if getattr(layer, "bias", None) is not None:
+                if bias_axis is None:
+                    return []  # a bias that is not per head
+                out.append((layer.bias, bias_axis))
+            return out
     elif isinstance(layer, (L.Dense, L.Conv1D, L.Conv2D, L.Conv3D)):
         if int(getattr(layer, "groups", 1) or 1) != 1:
             return []
@@ -286,6 +304,146 @@ def trivial_einsum(layer):
         return False
     bias = getattr(layer, "bias_axes", None)
     return x[:-1] == out[:-1] and k[1] not in x and bias in (None, "", k[1])
+
+
+def head_axes(layer):
+    """(kernel axis, bias axis) of the heads of an attention projection, or None.
+
+    An attention projection is an EinsumDense that maps the input's last axis
+    to two new axes, heads then head size (``"abc,cde->abde"``: Keras'
+    MultiHeadAttention query / key / value, KerasHub's attention layers);
+    the first new axis holds the heads.
+
+    Args:
+        layer: a built EinsumDense.
+
+    Returns:
+        (kernel axis, bias axis or None when the bias has no head axis), or
+        None when ``layer`` is not such a projection.
+    """
+    if not isinstance(layer, L.EinsumDense) or not layer.built:
+        return None
+    try:
+        inputs, out = layer.equation.replace(" ", "").split("->")
+        x, k = inputs.split(",")
+    except ValueError:
+        return None
+    new = [c for c in k if c not in x]
+    if "." in x or len(new) != 2 or k[:-2] != x[-(len(k) - 2):] or "".join(new) != k[-2:] \
+            or out[-2:] != k[-2:] or x[-(len(k) - 2):] in out:
+        return None
+    bias = getattr(layer, "bias_axes", None) or ""
+    return len(k) - 2, (bias.index(new[0]) if new[0] in bias else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Structure:
+    """A set of units removed together inside one layer: attention heads or FFN units.
+
+    Attributes:
+        kind: "heads" or "units".
+        size: number of units (KV heads for grouped-query attention).
+        producers: ((sublayer, repeat), ...): layers whose output units these are
+            (query / key / value, FFN intermediate and gate); ``repeat`` is how
+            many consecutive output channels share one unit (query heads per
+            KV head).
+        consumers: ((sublayer, repeat), ...): layers that read the units on
+            their input (attention output, FFN output projection).
+        owner: the attention layer (heads) or the composite block (units).
+        blocked: why the units cannot be removed, or "".
+    """
+
+    kind: str
+    size: int
+    producers: tuple
+    consumers: tuple
+    owner: object = None
+    blocked: str = ""
+
+
+def _attention_layers(layer):
+    """(query, key, value, output, num query heads, num KV heads) of an attention layer."""
+    names = [("query_dense", "key_dense", "value_dense", "output_dense"),
+             ("_query_dense", "_key_dense", "_value_dense", "_output_dense")]
+    for group in names:
+        parts = [getattr(layer, n, None) for n in group]
+        if all(isinstance(p, L.EinsumDense) for p in parts):
+            heads = getattr(layer, "num_heads", None) or getattr(layer, "num_query_heads", None)
+            kv = getattr(layer, "num_key_value_heads", None) or heads
+            if heads and kv and int(heads) % int(kv) == 0:
+                return (*parts, int(heads), int(kv))
+    return None
+
+
+def _zero_at_zero(layer):
+    act = getattr(layer, "activation", None)
+    if act is None:
+        return True
+    try:
+        value = keras.ops.convert_to_numpy(act(keras.ops.zeros((1, 1))))
+    except Exception:  # noqa: BLE001 - an activation that cannot run alone
+        return False
+    return bool((value == 0).all())
+
+
+# Composite blocks whose feed-forward network keras-gap knows, by attribute:
+# (intermediate producers, output consumer). KerasHub's TransformerEncoder /
+# TransformerDecoder and the Llama / Mistral / Qwen style decoders (gated FFN).
+_FFN_ATTRIBUTES = (
+    (("_feedforward_intermediate_dense", "_feedforward_gate_dense"),
+     "_feedforward_output_dense"),
+)
+
+
+def structures(layer):
+    """The attention heads and FFN units of ``layer`` (a per-layer-type table).
+
+    Attention: any layer with EinsumDense query / key / value / output
+    projections (Keras' MultiHeadAttention and GroupedQueryAttention,
+    KerasHub's cached and model-specific attention layers): one unit per head,
+    or per KV head with the query heads that share it. FFN: a composite
+    layer with the attributes of `_FFN_ATTRIBUTES` (KerasHub's transformer
+    blocks); its units are blocked when the intermediate activation is not
+    zero at zero (a masked unit would not output zero). Composite layers are
+    searched at any depth for attention layers.
+
+    Args:
+        layer: a built Keras layer.
+
+    Returns:
+        list of `Structure` (empty when the layer has none).
+
+    Example:
+        >>> [(s.kind, s.size) for s in structures(encoder_block)]
+        [('heads', 4), ('units', 128)]
+    """
+    out = []
+    attention = _attention_layers(layer)
+    if attention is not None:
+        q, k, v, o, heads, kv = attention
+        parts = [(q, heads // kv), (k, 1), (v, 1)]
+        ok = all(head_axes(p) is not None for p, _ in parts)
+        out.append(Structure("heads", kv, tuple(parts), ((o, heads // kv),), layer,
+                             "" if ok else "projections without a head axis"))
+        return out
+    for sub in sublayers(layer):
+        if isinstance(sub, keras.Model):
+            continue
+        out.extend(structures(sub))
+    for producers, consumer in _FFN_ATTRIBUTES:
+        ins = [getattr(layer, n, None) for n in producers]
+        ins = [p for p in ins if p is not None]
+        last = getattr(layer, consumer, None)
+        if not ins or not all(isinstance(p, L.Dense) for p in ins + [last]):
+            continue
+        units = {int(p.units) for p in ins}
+        if len(units) != 1 or not all(p.built for p in ins):
+            continue
+        blocked = "" if any(_zero_at_zero(p) for p in ins) else (
+            "the intermediate activation is not zero at zero")
+        out.append(Structure("units", units.pop(), tuple((p, 1) for p in ins),
+                             ((last, 1),), layer, blocked))
+    return out
 
 
 def sublayers(layer):

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -89,7 +90,8 @@ def test_causal_lm_pruned_in_place_trains_generates_strips_and_loads_without_ker
 def test_classifier_in_place_weights_checkpoint_restores_masks_and_step(tmp_path):
     def build():
         return keras_hub.models.BertTextClassifier(
-            backbone=keras_hub.models.BertBackbone(**KW), num_classes=2, preprocessor=None)
+            backbone=keras_hub.models.BertBackbone(**KW, name="bert_backbone"), num_classes=2,
+            preprocessor=None)
 
     schedule = kg.PolynomialDecay(0.0, 0.75, begin_step=1, end_step=8, frequency=2)
     clf = kg.prune_low_magnitude(build(), pruning_schedule=schedule)
@@ -116,9 +118,6 @@ def test_classifier_in_place_weights_checkpoint_restores_masks_and_step(tmp_path
 
 def test_in_place_bad_input_and_pruning_twice():
     lm = _lm()
-    with pytest.raises(ValueError, match="structure='channel': GPT2CausalLM .* no layer with "
-                                         "channels outside composite layers"):
-        kg.prune_low_magnitude(lm, structure="channel")
     kg.prune_low_magnitude(lm, pruning_policy=lambda layer: "intermediate" in layer.name)
     assert len(inplace.in_place_wrappers(lm)) == 2  # the policy kept the rest dense
     with pytest.warns(UserWarning, match="already wrapped"):
@@ -363,16 +362,89 @@ def test_channel_pruning_in_place_then_materialize_a_kerashub_cnn():
                                np_(stripped.predict(x, verbose=0)), atol=1e-4)
 
 
-def test_channel_pruning_in_place_keeps_composite_layers_dense_and_says_so():
-    with pytest.warns(UserWarning, match=r"the 4 layers inside composite layers.*stay dense"):
-        clf = kg.prune_low_magnitude(
-            keras_hub.models.BertTextClassifier(backbone=keras_hub.models.BertBackbone(**KW),
-                                                num_classes=2, preprocessor=None),
-            structure="channel")
+def test_channel_pruning_in_place_masks_heads_and_ffn_units():
+    """structure="channel" on a KerasHub classifier: whole attention heads and FFN
+    units of every TransformerEncoder are masked (the groups of channel_groups);
+    materialize removes the FFN units through the block's config
+    (intermediate_dim), keeps the heads masked and says why; outputs equal, the
+    result saves and loads with its TransformerEncoder blocks."""
+    def build():
+        keras.utils.set_random_seed(0)
+        return keras_hub.models.BertTextClassifier(
+            backbone=keras_hub.models.BertBackbone(**KW, name="bert_backbone"), num_classes=2,
+            preprocessor=None)
+
+    groups = {g.name: g for g in kg.channel_groups(build())}
+    heads = groups["bert_backbone/transformer_layer_0/self_attention_layer/heads"]
+    units = groups["bert_backbone/transformer_layer_0/units"]
+    assert (heads.kind, heads.size, heads.removable) == ("heads", 2, True)
+    assert (units.kind, units.size, units.removable) == ("units", 16, True)
+    assert units.consumers == ("bert_backbone/transformer_layer_0/feedforward_output_dense",)
+    clf = kg.prune_low_magnitude(build(), pruning_schedule=kg.ConstantSparsity(
+        0.5, begin_step=1, frequency=1), structure="channel")
     assert [w.in_place_path for w in inplace.in_place_wrappers(clf)] == [
+        f"bert_backbone/transformer_layer_{i}/{n}" for i in (0, 1)
+        for n in ("self_attention_layer", "feedforward_intermediate_dense")] + [
         "bert_backbone/pooled_dense", "logits"]
-    with pytest.raises(ValueError, match="no layer with channels outside composite layers"):
-        kg.prune_low_magnitude(keras_hub.models.GPT2Backbone(**KW), structure="channel")
+    x = {"token_ids": np.random.default_rng(0).integers(0, 50, (16, 6)).astype("int32"),
+         "segment_ids": np.zeros((16, 6), "int32"), "padding_mask": np.ones((16, 6), "int32")}
+    y = np.arange(16) % 2
+    clf.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True))
+    clf.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[kg.UpdatePruningStep()])
+    final = kg.strip_pruning(clf)
+    for i in (0, 1):
+        block = final.backbone.get_layer(f"transformer_layer_{i}")
+        q = np_(block._self_attention_layer.query_dense.kernel)
+        assert [bool((q[:, h] == 0).all()) for h in range(2)].count(True) == 1
+        ffn = np_(block._feedforward_intermediate_dense.kernel)
+        assert int((ffn == 0).all(axis=0).sum()) == 8
+    small, report = kg.materialize(final, return_report=True)
+    assert [g for g, n in report.removed.items() if n] == [
+        f"bert_backbone/transformer_layer_{i}/units" for i in (0, 1)] + ["pooled_dense"]
+    assert any("key_dim = hidden_dim // num_heads" in reason for _, _, reason in report.kept)
+    block = small.get_layer("bert_backbone").get_layer("transformer_layer_0")
+    assert type(block).__name__ == "TransformerEncoder" and block.intermediate_dim == 8
+    np.testing.assert_allclose(np_(small.predict(x, verbose=0)),
+                               np_(final.predict(x, verbose=0)), atol=1e-5)
+    assert kg.flops_report(small, reference=final, sequence_length=6).macs_ratio < 0.95
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "small.keras")
+        small.save(path)
+        again = keras.saving.load_model(path)
+    np.testing.assert_allclose(np_(again.predict(x, verbose=0)),
+                               np_(small.predict(x, verbose=0)), atol=1e-6)
+
+
+def test_channel_pruning_in_place_names_blocks_without_structures():
+    @keras.saving.register_keras_serializable(package="keras_gap_tests")
+    class TwoDense(keras.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.a, self.b = keras.layers.Dense(4), keras.layers.Dense(4)
+
+        def build(self, shape):
+            self.a.build(shape)
+            self.b.build(shape[:-1] + (4,))
+
+        def call(self, x):
+            return self.b(self.a(x))
+
+    class Net(keras.Model):
+        def __init__(self, head=True, **kwargs):
+            x = keras.Input((4,))
+            y = TwoDense(name="block")(x)
+            if head:
+                y = keras.layers.Dense(2, name="head")(keras.layers.Dense(3, name="mid")(y))
+            super().__init__(x, y, **kwargs)
+
+    with pytest.warns(UserWarning, match=r"the 2 layers inside composite layers.*no attention "
+                                         "heads or FFN units"):
+        net = kg.prune_low_magnitude(Net(), structure="channel")
+    assert [w.in_place_path for w in inplace.in_place_wrappers(net)] == ["mid", "head"]
+    with pytest.raises(ValueError, match="no layer with channels, heads or FFN units"):
+        with pytest.warns(UserWarning):
+            kg.prune_low_magnitude(Net(head=False), structure="channel")
     with pytest.raises(ValueError, match=r"prune_gap\(structure='channel'\) is not supported"):
         kg.prune_gap(_lm(), target_sparsity=0.5, structure="channel", steps_per_step=1)
 

@@ -33,6 +33,7 @@ import math
 import keras
 import numpy as np
 
+from keras_gap import registry
 from keras_gap.registry import trivial_einsum
 from keras_gap.structured import trace as trace_lib
 from keras_gap.structured.trace import unwrap
@@ -112,6 +113,10 @@ class ChannelGroup:
             a layer the analysis cannot see through.
         blocked_by: tuple of (layer name, reason) pairs that make the group
             not removable.
+        kind: "channels" (output channels of Dense / Conv layers), "heads"
+            (attention heads; for grouped-query attention one KV head and the
+            query heads sharing it) or "units" (hidden units of a
+            transformer block's feed-forward network).
     """
 
     index: int
@@ -122,6 +127,7 @@ class ChannelGroup:
     consumers: tuple
     removable: bool
     blocked_by: tuple
+    kind: str = "channels"
 
     def to_dict(self):
         """Plain data (JSON-serializable)."""
@@ -136,7 +142,7 @@ class ChannelGroup:
         state = "removable" if self.removable else "kept: " + "; ".join(
             f"{n} ({r})" for n, r in self.blocked_by[:3]) + (
             f"; +{len(self.blocked_by) - 3} more" if len(self.blocked_by) > 3 else "")
-        parts = [f"group {self.index} {self.name!r}: {self.size} channels, {state}",
+        parts = [f"group {self.index} {self.name!r}: {self.size} {self.kind}, {state}",
                  f"  producers: {', '.join(self.producers) or '-'}"]
         if self.followers:
             parts.append(f"  followers: {', '.join(self.followers)}")
@@ -207,6 +213,12 @@ class ChannelGraph:
         self._sources = []    # (kind, layer name, reason)
         self._blocks = []     # (channel ids, layer name, reason)
         self._producer_ids = {}
+        self._names = {}      # layer id -> path, for layers inside composite layers
+        self._kinds = {}      # producer layer id -> "heads" / "units"
+        self._structures = set()   # (id(owner), kind) already registered
+        # producer layer id -> (kind, owner, the traced layer holding it) for the
+        # producers of attention heads and FFN units (`registry.structures`).
+        self.structure_of = {}
         self.steps = []           # (layer, input keys, output keys), leaves in order
         self.tensor_ids = {}      # tensor key -> channel-id array (None: untracked)
         self.tensor_shapes = self.trace.shapes   # tensor key -> shape
@@ -302,6 +314,9 @@ class ChannelGraph:
             self._register(layer, wrapper, FOLLOWER)
             return [x]
 
+        if isinstance(layer, L.Layer) and not is_producer(layer):
+            self._add_structures(call)
+
         if is_producer(layer):
             if x is not None:
                 self._register(layer, wrapper, CONSUMER, "in", x)
@@ -381,6 +396,42 @@ class ChannelGraph:
                   else f"{type(layer).__name__} is not seen through")
         return self._blocker(layer, wrapper, ins, out_shapes, reason)
 
+    def _add_structures(self, call):
+        """Attention heads and FFN units inside ``call.layer`` (`registry.structures`):
+        each structure is a group of its own; the layer itself still blocks the
+        channels of its inputs and outputs."""
+        paths = _sub_paths(call.layer, call.path)
+        for st in registry.structures(call.layer):
+            key = (id(st.owner), st.kind, id(st.producers[0][0]))
+            if key in self._structures:
+                continue
+            self._structures.add(key)
+            owner_path = paths.get(id(st.owner), call.path)
+            name = f"{owner_path}/{st.kind}"
+            ids = self._new_ids(st.size, "producer", name)
+            if st.kind == "heads" and isinstance(st.owner, L.MultiHeadAttention):
+                # Keras' MultiHeadAttention is one layer to wrap: its heads are
+                # its channels (`registry.channel_weights`).
+                members = [(st.owner, 1, PRODUCER)]
+            else:
+                members = [(p, r, PRODUCER) for p, r in st.producers] + [
+                    (c, r, CONSUMER) for c, r in st.consumers]
+            for sub, repeat, role in members:
+                lid = id(sub)
+                if sub is not call.layer:
+                    self._names.setdefault(lid, paths.get(lid, sub.name))
+                wrapper = call.wrapper if sub is call.layer else self.trace.wrapper_of(sub)
+                mapped = np.repeat(ids, repeat)
+                if role == PRODUCER:
+                    self._producer_ids.setdefault(lid, mapped)
+                    self._kinds[lid] = st.kind
+                    self.structure_of[lid] = (st.kind, st.owner, call.layer)
+                    self._register(sub, wrapper, PRODUCER, "out", mapped)
+                else:
+                    self._register(sub, wrapper, CONSUMER, "in", mapped)
+            if st.blocked:
+                self._block(ids, name, st.blocked)
+
     def _tile(self, layer, wrapper, x, in_shape, out_shape):
         positions = in_shape[1:-1]
         if any(d is None for d in positions) or out_shape[-1] is None:
@@ -453,7 +504,7 @@ class ChannelGraph:
             store = self._ids.get(lid, {})
             self.maps[lid] = {k: lookup[roots[v]] if len(v) else v.astype(np.int64)
                               for k, v in store.items()}
-            name = self.layers[lid].name
+            name = self.name_of(lid)
             for key, role in (("out", None), ("in", CONSUMER)):
                 if key not in self.maps[lid]:
                     continue
@@ -465,17 +516,39 @@ class ChannelGraph:
                                  for c in self.maps[lid][key].tolist() if c >= 0}):
                     if name not in members[g][role]:
                         members[g][role].append(name)
+        kind_of = {}
+        for lid in self._order:
+            if lid in self._producer_ids:
+                kind_of.setdefault(int(src_root[self._producer_ids[lid][0]]),
+                                   self._kinds.get(lid, "channels"))
         self.groups = []
         for g, s in enumerate(groups_src):
             block = tuple(blocked.get(s, ()))
+            kind = kind_of.get(int(s), "channels")
+            first = members[g][PRODUCER][0] if members[g][PRODUCER] else f"group_{g}"
+            if kind != "channels":
+                first = self._sources[self._src_index_of(s)][1]
             self.groups.append(ChannelGroup(
-                index=g, name=members[g][PRODUCER][0] if members[g][PRODUCER] else f"group_{g}",
+                index=g, name=first,
                 size=sizes[g], producers=tuple(members[g][PRODUCER]),
                 followers=tuple(members[g][FOLLOWER]),
                 consumers=tuple(members[g][CONSUMER]),
-                removable=not block, blocked_by=block))
+                removable=not block, blocked_by=block, kind=kind))
+
+    def _src_index_of(self, root):
+        """The first source (in creation order) of a source component."""
+        for i in range(len(self._sources)):
+            if self._src.find(i) == root:
+                return i
+        return root
 
     # Queries ---------------------------------------------------------------------
+    def name_of(self, layer_or_id):
+        """How groups name a layer: its name, or its path inside a composite layer
+        (``"transformer_layer_0/self_attention/query"``)."""
+        lid = layer_or_id if isinstance(layer_or_id, int) else id(unwrap(layer_or_id))
+        return self._names.get(lid, self.layers[lid].name)
+
     def layer_groups(self, layer, key="out"):
         """Indices of the groups whose channels ``layer`` holds on ``key``."""
         m = self.maps.get(id(unwrap(layer)), {}).get(key)
@@ -520,11 +593,20 @@ class ChannelGraph:
         return None if ids is None else self.id_class[ids]
 
     def by_name(self, name):
-        """The analysed layer called ``name`` (first match) or None."""
-        for layer in self.layers.values():
-            if layer.name == name:
+        """The analysed layer called ``name`` (first match; `name_of`) or None."""
+        for lid, layer in self.layers.items():
+            if self.name_of(lid) == name:
                 return layer
         return None
+
+
+def _sub_paths(layer, prefix):
+    """{id(sublayer): path} of every sublayer of ``layer`` at any depth."""
+    out = {id(layer): prefix}
+    for sub in registry.sublayers(layer):
+        if id(sub) not in out:
+            out.update(_sub_paths(sub, f"{prefix}/{sub.name}"))
+    return out
 
 
 def _last_dim(shape):

@@ -26,6 +26,7 @@ import warnings
 import keras
 import numpy as np
 
+from keras_gap import registry
 from keras_gap.structured import graph as graph_lib
 from keras_gap.wrapper import collect_wrappers
 
@@ -102,6 +103,32 @@ def _out_kernel(layer):
     if kind == "separable":
         return _np(layer.pointwise_kernel), -1
     return _np(layer.kernel), (-2 if kind == "conv_t" else -1)
+
+
+def _zero_units(layer):
+    """Heads / FFN units of a structure producer whose weights (kernels and
+    biases: nothing may be left to fold inside a block) are all zero."""
+    zero = None
+    for variable, axis in registry.channel_weights(layer):
+        moved = np.moveaxis(np.abs(_np(variable)), axis, 0)
+        z = moved.reshape(moved.shape[0], -1).sum(axis=1) == 0
+        zero = z if zero is None else zero & z
+    return zero
+
+
+def _unit_reason(graph, lid, steps):
+    """Why the heads / units of structure producer ``lid`` cannot be removed, or None."""
+    kind, owner, holder = graph.structure_of[lid]
+    if kind == "heads":
+        if isinstance(owner, L.MultiHeadAttention) and id(owner) in steps:
+            return None
+        return (f"{type(holder).__name__} {holder.name!r} builds its attention from its "
+                "config (KerasHub: key_dim = hidden_dim // num_heads), which cannot "
+                "express fewer heads of the same size; the heads stay masked (zero)")
+    if id(holder) in steps and "intermediate_dim" in holder.get_config():
+        return None
+    return (f"{type(holder).__name__} {holder.name!r} has no `intermediate_dim` in its "
+            "config to rebuild it with fewer units; the units stay masked (zero)")
 
 
 def _zero_channels(layer):
@@ -292,17 +319,24 @@ def _plan(graph):
         if graph_lib.PRODUCER not in graph.roles.get(lid, ()):
             continue
         out = graph.maps[lid]["out"]
-        z = _zero_channels(layer)
+        z = _zero_units(layer) if lid in graph.structure_of else _zero_channels(layer)
         for c, is_zero in zip(out.tolist(), z.tolist()):
             if c >= 0:
                 zero[c] = zero.get(c, True) and is_zero
     candidates = {c for c, z in zero.items()
                   if z and graph.groups[int(graph.class_group[c])].removable}
-    consts = _constants(graph, candidates)
     calls = {}
     for layer, _, _ in graph.steps:
         calls[id(layer)] = calls.get(id(layer), 0) + 1
     kept = {}
+    for lid in graph.structure_of:   # heads / units a config cannot express
+        reason = _unit_reason(graph, lid, calls)
+        zero_here = [c for c in graph.maps[lid]["out"].tolist() if c in candidates]
+        if reason is not None and zero_here:
+            candidates.difference_update(zero_here)
+            g = int(graph.class_group[zero_here[0]])
+            kept[g] = (len(set(zero_here)), reason)
+    consts = _constants(graph, candidates)
     for layer, in_keys, _ in graph.steps:
         if not graph_lib.is_producer(layer):
             continue
@@ -392,6 +426,25 @@ def _rebuild(model, graph, removed, consts):
             if keep is not None and not keep.all():
                 reshape_last[lid] = int(keep.sum())
 
+    # Heads and FFN units: the keep vectors of their producers and consumers
+    # inside attention layers and blocks, and what each rebuilt layer's config
+    # says (num_heads, intermediate_dim).
+    unit_keep, unit_config = {}, {}
+    for lid, (kind, owner, holder) in graph.structure_of.items():
+        keep = _keep(graph.maps[lid]["out"], removed)
+        if keep is None or keep.all():
+            continue
+        unit_keep[lid] = ("out", keep)
+        if kind == "heads":
+            unit_config[id(holder)] = {"num_heads": int(keep.sum())}
+        else:
+            unit_config[id(holder)] = {"intermediate_dim": int(keep.sum())}
+    for lid, maps in graph.maps.items():
+        if "in" in maps and lid not in {id(layer) for layer, _, _ in graph.steps}:
+            keep = _keep(maps["in"], removed)
+            if keep is not None and not keep.all():
+                unit_keep[lid] = ("in", keep)
+
     new_layers = {}
 
     def clone_layer(layer):
@@ -401,6 +454,7 @@ def _rebuild(model, graph, removed, consts):
         if not isinstance(layer, keras.layers.Layer):  # a stateless keras.ops operation
             return layer
         config = layer.get_config()
+        config.update(unit_config.get(lid, {}))
         keep = out_keep.get(lid)
         kind = _kind(layer)
         if kind is not None and keep is not None:
@@ -426,13 +480,16 @@ def _rebuild(model, graph, removed, consts):
         return new
 
     def inputs_for(sub):
+        functional = getattr(sub, "_functional", None) if isinstance(
+            sub, keras.Sequential) else sub
         tensors = []
-        for key in graph.model_inputs[id(sub)]:
+        for key, x in zip(graph.model_inputs[id(sub)], functional.inputs):
             shape = list(graph.tensor_shapes[key])
             keep = _keep(graph.tensor_classes(key), removed)
             if keep is not None:
                 shape[-1] = int(keep.sum())
-            tensors.append(keras.Input(batch_shape=tuple(shape)))
+            tensors.append(keras.Input(batch_shape=tuple(shape), dtype=x.dtype,
+                                       name=getattr(x, "name", None)))
         return tensors
 
     def clone_nested(sub):
@@ -440,9 +497,11 @@ def _rebuild(model, graph, removed, consts):
 
     def rebuild(sub, input_tensors):
         from keras_gap.prune import clone_with
-        if input_tensors is not None and (isinstance(sub, keras.Sequential)
-                                          or not isinstance(sub.input, (list, tuple))):
-            input_tensors = input_tensors[0]
+        if input_tensors is not None:
+            if isinstance(sub, keras.Sequential):
+                input_tensors = input_tensors[0]
+            else:   # the nested model's own input structure (a dict for KerasHub)
+                input_tensors = keras.tree.pack_sequence_as(sub.input, input_tensors)
         return clone_with(sub, clone_layer, input_tensors=input_tensors,
                           clone_nested=clone_nested)
 
@@ -451,12 +510,56 @@ def _rebuild(model, graph, removed, consts):
         old = graph.layers.get(lid)
         if old is None or new is old:
             continue
+        if lid in unit_config:
+            _copy_units(old, new, unit_keep)
+            continue
         _set_weights(old, new, out_keep.get(lid), in_keep.get(lid), fold.get(lid))
     for layer in model._flatten_layers(include_self=False):  # untraced layers
         lid = id(layer)
         if lid in new_layers and lid not in graph.layers and new_layers[lid] is not layer:
             new_layers[lid].set_weights([_np(v) for v in layer.weights])
     return new_model
+
+
+def _copy_units(old, new, unit_keep):
+    """Copies an attention layer or block with fewer heads / FFN units into ``new``.
+
+    ``unit_keep`` maps a layer id to ("out" | "in", keep): the kept heads of a
+    MultiHeadAttention, the kept units of an FFN intermediate Dense ("out")
+    and of the Dense that reads them ("in"). Sublayers are matched by name.
+    """
+    if id(old) in unit_keep and isinstance(old, L.MultiHeadAttention):
+        _, keep = unit_keep[id(old)]
+        for o, n in ((old.query_dense, new.query_dense), (old.key_dense, new.key_dense),
+                     (old.value_dense, new.value_dense)):
+            kernel_axis, bias_axis = registry.head_axes(o)
+            values = [np.compress(keep, _np(o.kernel), axis=kernel_axis)]
+            if getattr(o, "bias", None) is not None:
+                values.append(np.compress(keep, _np(o.bias), axis=bias_axis))
+            n.set_weights(values)
+        o, n = old.output_dense, new.output_dense
+        n.set_weights([np.compress(keep, _np(o.kernel), axis=0)] + [
+            _np(v) for v in o.weights[1:]])
+        return
+    subs = registry.sublayers(old)
+    if not subs:
+        values = [_np(v) for v in old.weights]
+        if id(old) in unit_keep:
+            role, keep = unit_keep[id(old)]
+            if role == "out":   # a Dense's kernel columns and bias
+                values = [np.compress(keep, v, axis=-1) for v in values]
+            else:               # a Dense's kernel rows
+                values = [np.compress(keep, values[0], axis=0)] + values[1:]
+        new.set_weights(values)
+        return
+    new_subs = registry.sublayers(new)
+    if len(new_subs) != len(subs):
+        raise ValueError(f"materialize: rebuilt {type(new).__name__} {new.name!r} has "
+                         f"{len(new_subs)} sublayers, {old.name!r} has {len(subs)}.")
+    by_name = {s.name: s for s in new_subs}
+    for i, sub in enumerate(subs):   # by name; unnamed helpers (softmax_3) by position
+        if sub.weights:
+            _copy_units(sub, by_name.get(sub.name, new_subs[i]), unit_keep)
 
 
 def _set_weights(old, new, out_keep, in_keep, fold):

@@ -116,7 +116,7 @@ class Trace:
         self.model = model
         self.calls, self.shapes, self.model_inputs = [], {}, {}
         self.output_keys, self.output_layers, self.models = [], [], []
-        self._wrappers = {id(w.layer): w for w in inplace.in_place_wrappers(model)}
+        self._in_place = {id(w.layer): w for w in inplace.in_place_wrappers(model)}
         functional = _functional(model)
         if functional is not None:
             self.kind = GRAPH
@@ -139,7 +139,7 @@ class Trace:
 
     def _call(self, op, path, in_keys, out_keys, **extra):
         layer = unwrap(op)
-        wrapper = op if isinstance(op, PruneLowMagnitude) else self._wrappers.get(id(layer))
+        wrapper = op if isinstance(op, PruneLowMagnitude) else self.wrapper_of(layer)
         self.calls.append(Call(
             layer=layer, wrapper=wrapper, path=path, in_keys=tuple(in_keys),
             out_keys=tuple(out_keys), in_shapes=tuple(self.shapes[k] for k in in_keys),
@@ -208,6 +208,10 @@ class Trace:
                        [self._key(s) for s in outs], model=model)
 
     # Queries -------------------------------------------------------------------------
+    def wrapper_of(self, layer):
+        """The in-place `PruneLowMagnitude` of ``layer`` (at any depth), or None."""
+        return self._in_place.get(id(layer))
+
     def layer_calls(self):
         """``[(path, layer, wrapper, [calls])]``: the calls grouped by layer and path,
         in order of first call (a layer called from two models, e.g. a tied
