@@ -79,3 +79,36 @@ def accuracy(model, x, y):
     import numpy as np
     return float((np.asarray(model.predict(x, batch_size=500, verbose=0)).argmax(-1)
                   == y).mean())
+
+
+def summarize_channel_runs(rows, lat):
+    """One entry per (method, sparsity): accuracy mean / std over seeds and vs dense,
+    params, MACs and their reduction, training MACs, and (where ``lat`` has the
+    method's ``latency_set``) speed-ups over dense and TFLite speed-up / MAC reduction."""
+    import statistics
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["sparsity"]), []).append(r)
+    dense = groups[("dense", 0.0)]
+    dense_acc = statistics.mean(r["test_accuracy"] for r in dense)
+    out = []
+    for (method, s), rs in groups.items():
+        acc = [r["test_accuracy"] for r in rs]
+        entry = {"method": method, "sparsity": s, "seeds": len(rs),
+                 "test_accuracy_mean": statistics.mean(acc),
+                 "test_accuracy_std": statistics.pstdev(acc),
+                 "val_accuracy_mean": statistics.mean(r["val_accuracy"] for r in rs),
+                 "accuracy_vs_dense": statistics.mean(acc) - dense_acc,
+                 "params": rs[0]["params"], "macs": rs[0]["macs"],
+                 "macs_reduction": dense[0]["macs"] / rs[0]["macs"],
+                 "train_macs_ratio": statistics.mean(r["train_macs_ratio"] for r in rs)}
+        key = f"{method}_{s}"
+        if key in lat:
+            base = lat["dense_0.0"]
+            entry["latency"] = lat[key]
+            for k in ("keras_b1", "keras_b64", "tflite_b1"):
+                entry[f"{k}_speedup"] = base[k]["median_ms"] / lat[key][k]["median_ms"]
+            entry["tflite_speedup_over_mac_reduction"] = (
+                entry["tflite_b1_speedup"] / entry["macs_reduction"])
+        out.append(entry)
+    return out

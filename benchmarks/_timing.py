@@ -28,3 +28,15 @@ def time_keras_predict(model, x, runs):
         model.predict_on_batch(x)
         times.append((time.perf_counter() - t0) * 1e3)
     return _summary(times, runs)
+
+
+def latency_set(model, x1, x64, workdir, name, runs):
+    """Keras predict at batch 1 and 64 and TFLite float32 (one thread) at batch 1 of
+    ``model``, exported to ``workdir/name.tflite``."""
+    import os
+    from keras_gap import export
+    path = os.path.join(workdir, name + ".tflite")
+    export.to_tflite(model, path, sparse=False, sample_inputs=x64[:8])
+    return {"keras_b1": time_keras_predict(model, x1, runs),
+            "keras_b64": time_keras_predict(model, x64, max(runs // 10, 5)),
+            "tflite_b1": time_tflite(path, x1, runs)}

@@ -37,7 +37,6 @@ Writes benchmarks/results/structured.{json,md}.
 
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -49,8 +48,9 @@ from absl import app, flags  # noqa: E402
 
 import _common  # noqa: E402
 from _machine import machine_info  # noqa: E402
-from _models import PRUNE_FRACTION, accuracy, channel_pruned, fashion_splits  # noqa: E402
-from _timing import time_keras_predict, time_tflite  # noqa: E402
+from _models import (PRUNE_FRACTION, accuracy, channel_pruned, fashion_splits,  # noqa: E402
+                     summarize_channel_runs)
+from _timing import latency_set  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
 from structured_resnet import build_model  # noqa: E402  (the example's ResNet)
@@ -92,45 +92,6 @@ def train_one(method, sparsity, seed, data):
            "channels_removed": (int(sum(report.removed.values())) if report else 0),
            "weights": _common.weights_fingerprint(final)}
     return row, final
-
-
-def latency(model, x1, x64, workdir, name):
-    from keras_gap import export
-    path = os.path.join(workdir, name + ".tflite")
-    export.to_tflite(model, path, sparse=False, sample_inputs=x64[:8])
-    runs = FLAGS.latency_runs
-    return {"keras_b1": time_keras_predict(model, x1, runs),
-            "keras_b64": time_keras_predict(model, x64, max(runs // 10, 5)),
-            "tflite_b1": time_tflite(path, x1, runs)}
-
-
-def summarize(rows, lat):
-    groups = {}
-    for r in rows:
-        groups.setdefault((r["method"], r["sparsity"]), []).append(r)
-    dense = groups[("dense", 0.0)]
-    dense_acc = statistics.mean(r["test_accuracy"] for r in dense)
-    out = []
-    for (method, s), rs in groups.items():
-        acc = [r["test_accuracy"] for r in rs]
-        entry = {"method": method, "sparsity": s, "seeds": len(rs),
-                 "test_accuracy_mean": statistics.mean(acc),
-                 "test_accuracy_std": statistics.pstdev(acc),
-                 "val_accuracy_mean": statistics.mean(r["val_accuracy"] for r in rs),
-                 "accuracy_vs_dense": statistics.mean(acc) - dense_acc,
-                 "params": rs[0]["params"], "macs": rs[0]["macs"],
-                 "macs_reduction": dense[0]["macs"] / rs[0]["macs"],
-                 "train_macs_ratio": statistics.mean(r["train_macs_ratio"] for r in rs)}
-        key = f"{method}_{s}"
-        if key in lat:
-            base = lat["dense_0.0"]
-            entry["latency"] = lat[key]
-            for k in ("keras_b1", "keras_b64", "tflite_b1"):
-                entry[f"{k}_speedup"] = base[k]["median_ms"] / lat[key][k]["median_ms"]
-            entry["tflite_speedup_over_mac_reduction"] = (
-                entry["tflite_b1_speedup"] / entry["macs_reduction"])
-        out.append(entry)
-    return out
 
 
 def markdown(result):
@@ -200,7 +161,8 @@ def main(argv):
                       f"{row['macs']:,} train MACs {row['train_macs_ratio']:.2f}x "
                       f"({row['train_seconds']} s)", flush=True)
                 if seed == FLAGS.first_seed:
-                    lat[f"{method}_{s}"] = latency(final, x1, x64, workdir, f"{method}_{s}")
+                    lat[f"{method}_{s}"] = latency_set(final, x1, x64, workdir, f"{method}_{s}",
+                                                       FLAGS.latency_runs)
                 keras.backend.clear_session()
     result = {"date": prov["date"], "provenance": prov,
               "machine": machine_info(), "keras": keras.__version__,
@@ -211,7 +173,7 @@ def main(argv):
                          "learning_rate": FLAGS.learning_rate,
                          "first_seed": FLAGS.first_seed, "latency_runs": FLAGS.latency_runs,
                          "quick": FLAGS.quick},
-              "rows": rows, "summary": summarize(rows, lat),
+              "rows": rows, "summary": summarize_channel_runs(rows, lat),
               "wall_minutes": (time.perf_counter() - start) / 60}
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     with open(os.path.join(FLAGS.output_dir, "structured.json"), "w") as f:

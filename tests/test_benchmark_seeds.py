@@ -58,6 +58,7 @@ def test_gap_vs_baselines_seeds(tmp_path):
 
 @pytest.mark.parametrize("script,args", [
     ("structured.py", ["--sparsities", "0.5"]),
+    ("heads.py", ["--sparsities", "0.5", "--limit", "96"]),
     ("growing.py", ["--budgets", "0.5", "--train_images", "192", "--test_images", "128"]),
 ])
 def test_channel_benchmarks_seeds(tmp_path, script, args):
@@ -67,7 +68,7 @@ def test_channel_benchmarks_seeds(tmp_path, script, args):
     run_script(f"benchmarks/{script}", "--quick", *args, "--first_seed", "1", "--seeds", "1",
                "--output_dir", tmp_path / "b")
     rows = {d: json.loads((tmp_path / d / f"{name}.json").read_text())["rows"] for d in "ab"}
-    key = ((lambda r: (r["method"], r["sparsity"])) if name == "structured"
+    key = ((lambda r: (r["method"], r["sparsity"])) if name in ("structured", "heads")
            else (lambda r: r["label"]))
     check_seeds(rows["a"], rows["b"], key, ["test_accuracy", "val_accuracy", "params"])
 

@@ -44,3 +44,20 @@ def test_structured_benchmark_quick_mode(tmp_path):
             assert e["train_macs_ratio"] < 1.0
             assert e["tflite_b1_speedup"] > 0 and e["latency"]["tflite_b1"]["median_ms"] > 0
     assert "| cgap | 75% |" in (tmp_path / "structured.md").read_text()
+
+
+def test_heads_benchmark_quick_mode_removes_heads_and_units(tmp_path):
+    run_benchmark("heads.py", "--quick", "--output_dir", tmp_path)
+    result = json.loads((tmp_path / "heads.json").read_text())
+    rows = {(r["method"], r["sparsity"]): r for r in result["rows"]}
+    assert set(rows) == {("dense", 0.0), ("gmp", 0.25), ("cgap", 0.25), ("gmp", 0.5),
+                         ("cgap", 0.5)}
+    assert rows[("dense", 0.0)]["heads"] == [4, 4] and rows[("dense", 0.0)]["units"] == [64, 64]
+    for method in ("gmp", "cgap"):   # --quick: 4 heads of 8, FFN 64 per block
+        assert rows[(method, 0.25)]["heads"] == [3, 3]
+        assert rows[(method, 0.5)]["heads"] == [2, 2] and rows[(method, 0.5)]["units"] == [32, 32]
+        assert rows[(method, 0.5)]["kept"] == []
+    summary = {(e["method"], e["sparsity"]): e for e in result["summary"]}
+    assert summary[("cgap", 0.5)]["macs_reduction"] > 1.8
+    assert summary[("cgap", 0.5)]["latency"]["tflite_b1"]["median_ms"] > 0
+    assert "| cgap | 50% | 2 / 32 |" in (tmp_path / "heads.md").read_text()
