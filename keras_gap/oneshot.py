@@ -56,7 +56,8 @@ METHODS = ("magnitude", "wanda", "sparsegpt")
 class OneShotLayer:
     """One pruned layer: its path, kernel shape, sparsity reached and the
     relative output error on the calibration data,
-    ``||(W - W') X|| ^ 2 / ||W X|| ^ 2`` (from X^T X)."""
+    ``||(W - W') X|| ^ 2 / ||W X|| ^ 2`` (from X^T X); with ``structure="channel"``
+    a row is a channel group (``shape``: its size) and ``error`` is nan."""
 
     path: str
     shape: tuple
@@ -91,13 +92,17 @@ class OneShotReport:
 
     def __str__(self):
         width = max([len(r.path) for r in self.layers] + [5])
-        lines = [f"one-shot {self.method}: {len(self.layers)} layers, sparsity "
+        grouped = self.method.endswith("(channel)")   # rows are channel groups
+        lines = [f"one-shot {self.method}: {len(self.layers)} "
+                 f"{'groups' if grouped else 'layers'}, sparsity "
                  f"{self.sparsity:.2%}, {self.samples} calibration samples, "
                  f"{self.seconds:.1f} s",
-                 f"{'layer':<{width}}  {'kernel':<14}  sparsity  rel. output error"]
+                 f"{'group' if grouped else 'layer':<{width}}  "
+                 f"{'members' if grouped else 'kernel':<14}  sparsity  rel. output error"]
         for r in self.layers:
+            error = "n/a" if np.isnan(r.error) else f"{r.error:.4g}"
             lines.append(f"{r.path:<{width}}  {'x'.join(map(str, r.shape)):<14}  "
-                         f"{r.sparsity:7.2%}  {r.error:.4g}")
+                         f"{r.sparsity:7.2%}  {error}")
         for path, reason in self.skipped:
             lines.append(f"skipped {path}: {reason}")
         return "\n".join(lines)
@@ -212,10 +217,11 @@ _PRUNERS = {"magnitude": _magnitude, "wanda": _wanda, "sparsegpt": _sparsegpt}
 class _Stats:
     """Running sums of one layer's inputs, flattened to [tokens, features]."""
 
-    def __init__(self, n):
+    def __init__(self, n, gram=True):
         self.n = n                   # contracted axes
         self.sumsq = None            # [features]
         self.gram = None             # [features, features] (X^T X)
+        self.with_gram = gram
 
     def add(self, x):
         x = np.asarray(ops.convert_to_numpy(x), dtype=np.float64)
@@ -223,9 +229,11 @@ class _Stats:
         x = x.reshape(-1, features)
         if self.sumsq is None:
             self.sumsq = np.zeros(features)
-            self.gram = np.zeros((features, features))
+            if self.with_gram:
+                self.gram = np.zeros((features, features))
         self.sumsq += np.sum(x * x, axis=0)
-        self.gram += x.T @ x
+        if self.with_gram:
+            self.gram += x.T @ x
 
 
 def _recording(layer, stats):
@@ -322,7 +330,15 @@ def prune(model, calibration_data, method="wanda", sparsity=0.5, sparsity_m_by_n
         sparsity_m_by_n: ``(M, N)``: M zeros in every N consecutive inputs of
             each output (tf-mot's meaning; (2, 4) for 2:4), instead of
             ``sparsity``.
-        structure: None (weights). "channel" is not supported yet.
+        structure: None (weights) or "channel": whole channel groups
+            (`kg.channel_groups`: attention heads, GQA key/value groups, FFN
+            units, Dense / Conv output channels), ``sparsity`` of each
+            removable group removed, scored by "magnitude" (L1 norm of the
+            group's producer weights) or "wanda" (sum over the consumers'
+            input rows of |W| x ||X||, the structured Wanda of FLAP / LLM-Pruner
+            baselines); the removed members are zeroed in every layer holding
+            them, so `kg.materialize` can then take them out. One forward pass
+            over the calibration data; report rows are groups (``error`` nan).
         keep_dense: layer paths or names to leave dense.
         batch_size: calibration batch size.
         block_size: SparseGPT's column block.
@@ -335,7 +351,8 @@ def prune(model, calibration_data, method="wanda", sparsity=0.5, sparsity_m_by_n
         error; layers skipped with the reason).
 
     Raises:
-        ValueError: unknown method, bad sparsity, calibration data that does
+        ValueError: unknown method, bad sparsity, structure="channel" with
+            SparseGPT or N:M, calibration data that does
             not fit the model's inputs (both shapes named), a ``keep_dense``
             name not in the model, a model that still holds pruning wrappers.
 
@@ -347,9 +364,14 @@ def prune(model, calibration_data, method="wanda", sparsity=0.5, sparsity_m_by_n
     from keras_gap.wrapper import collect_wrappers
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}; received {method!r}.")
-    if structure not in (None, "unstructured"):
-        raise ValueError(f"oneshot.prune(structure={structure!r}) is not supported yet; "
-                         "pass structure=None (weights).")
+    if structure not in (None, "unstructured", "channel"):
+        raise ValueError(f"`structure` must be None (weights) or 'channel' (whole heads, "
+                         f"FFN units and channels); received {structure!r}.")
+    if structure == "channel" and (method == "sparsegpt" or sparsity_m_by_n is not None):
+        raise ValueError("oneshot.prune(structure='channel') scores whole heads, FFN units "
+                         "and channels with method='magnitude' or 'wanda' at a `sparsity`; "
+                         f"received method={method!r}, sparsity_m_by_n={sparsity_m_by_n!r}. "
+                         "SparseGPT and N:M prune single weights: use structure=None.")
     if sparsity_m_by_n is not None:
         sparsity_m_by_n = tuple(int(v) for v in mask_lib.validate_m_by_n(sparsity_m_by_n))
     else:
@@ -364,6 +386,9 @@ def prune(model, calibration_data, method="wanda", sparsity=0.5, sparsity_m_by_n
     _check_inputs(model, {k: np.asarray(v) for k, v in calibration_data.items()}
                   if isinstance(calibration_data, dict) else np.asarray(calibration_data))
     start = time.time()
+    if structure == "channel":
+        return _prune_channels(model, calibration_data, method, sparsity, keep_dense,
+                               batch_size, verbose, start)
     unknown = []
     leaves = inplace.prunable_paths(model, unknown=unknown, is_leaf=_is_target)
     names = {p for p, _, _ in leaves} | {layer.name for _, layer, _ in leaves}
@@ -427,3 +452,125 @@ def prune(model, calibration_data, method="wanda", sparsity=0.5, sparsity_m_by_n
                               "group is partial (pruned as tf-mot does).", stacklevel=2)
     return model, OneShotReport(method, tuple(rows), tuple(skipped), samples,
                                 time.time() - start)
+
+
+# --- Whole heads, FFN units and channels ---------------------------------------------------
+def _prune_channels(model, calibration_data, method, sparsity, keep_dense, batch_size,
+                    verbose, start):
+    """``structure="channel"``: one score per member of every removable channel group,
+    the lowest ``sparsity`` of each group zeroed in every layer that holds it."""
+    from keras_gap.structured import graph as graph_lib
+    graph = graph_lib.analyze(model)
+    names = {graph.name_of(lid) for lid in graph.layers} | {
+        layer.name for layer in graph.layers.values()}
+    missing = [k for k in keep_dense if k not in names]
+    if missing:
+        raise ValueError(f"`keep_dense` names layers that are not in the model: {missing}. "
+                         f"Layers of its channel groups: {sorted(names)}.")
+
+    def holders(g, key):
+        lids = [lid for lid, m in graph.maps.items() if key in m
+                and (graph.positions(graph.layers[lid], g, key) >= 0).any()]
+        return [(lid, graph.layers[lid]) for lid in lids]
+
+    skipped, work = [], []
+    for group in graph.groups:
+        if not group.removable:
+            skipped.append((group.name, "not removable: " + "; ".join(
+                f"{n} ({r})" for n, r in group.blocked_by[:2])))
+            continue
+        producers = [(lid, layer) for lid, layer in holders(group.index, "out")
+                     if registry.channel_weights(layer)]
+        kept = [graph.name_of(lid) for lid, layer in producers
+                if graph.name_of(lid) in keep_dense or layer.name in keep_dense]
+        if kept:
+            skipped.append((group.name, f"keep_dense: {kept}"))
+            continue
+        consumers = []
+        if method == "wanda":
+            consumers = [(layer, graph.positions(layer, group.index, "in"))
+                         for _, layer in holders(group.index, "in")]
+            for _, layer in producers:   # Keras MHA: its heads meet its own output_dense
+                if isinstance(layer, keras.layers.MultiHeadAttention):
+                    consumers.append((layer.output_dense,
+                                      graph.positions(layer, group.index)))
+            bad = [graph.name_of(layer) if id(layer) in graph.layers else layer.name
+                   for layer, _ in consumers
+                   if not _is_target(layer) or isinstance(_contraction(layer), str)]
+            if bad or not consumers:
+                skipped.append((group.name, f"wanda needs Dense / EinsumDense consumers; "
+                                f"{bad or 'none'} read these channels"))
+                continue
+        work.append((group, producers, consumers))
+    if not work:
+        raise ValueError(f"Model {model.name!r} has no removable channel group to prune "
+                         f"(skipped: {skipped}).")
+
+    stats = {}
+    if method == "wanda":
+        for _, _, consumers in work:
+            for layer, _ in consumers:
+                stats.setdefault(id(layer), (layer, _Stats(_contraction(layer), gram=False)))
+        undo = [_recording(layer, st) for layer, st in stats.values()]
+        samples = 0
+        try:
+            bar = keras.utils.Progbar(-(-_count(calibration_data) // batch_size),
+                                      unit_name="batch") if verbose else None
+            for i, batch in enumerate(_batches(calibration_data, batch_size)):
+                model(batch, training=False)
+                samples += len(next(iter(batch.values())) if isinstance(batch, dict)
+                               else batch)
+                if bar is not None:
+                    bar.update(i + 1)
+        finally:
+            for u in undo:
+                u()
+    else:
+        samples = 0
+
+    keep_by_group, rows = {}, []
+    for group, producers, consumers in work:
+        if method == "magnitude":
+            vectors, maps = [], []
+            for _, layer in producers:
+                pos = graph.positions(layer, group.index)
+                for variable, axis in registry.channel_weights(layer):
+                    vectors.append(mask_lib.channel_scores(ops.abs(variable), axis))
+                    maps.append(pos)
+            scores = mask_lib.pool_channel_scores(vectors, maps, group.size)
+        else:
+            scores = np.zeros(group.size)
+            for layer, pos in consumers:
+                n = _contraction(layer)
+                st = stats[id(layer)][1]
+                w = _matrix(np.asarray(ops.convert_to_numpy(layer.kernel), np.float64), n)
+                if st.sumsq is None:
+                    continue   # never called on the calibration data: adds nothing
+                per_row = np.abs(w).sum(axis=1) * np.sqrt(st.sumsq)
+                if per_row.size != pos.size:   # group axis leads: [members, rest]
+                    per_row = per_row.reshape(pos.size, -1).sum(axis=1)
+                inside = pos >= 0
+                np.add.at(scores, pos[inside], per_row[inside])
+        keep = np.asarray(ops.convert_to_numpy(mask_lib.channel_mask(
+            scores.astype(np.float32), sparsity)), dtype=np.float32)
+        keep_by_group[group.index] = keep
+        rows.append(OneShotLayer(group.name, (group.size,), float(1.0 - keep.mean()),
+                                 float("nan")))
+    for lid, layer in graph.layers.items():
+        if "out" not in graph.maps.get(lid, {}):
+            continue
+        keep = graph.channel_keep(layer, keep_by_group)
+        if keep.all():
+            continue
+        for variable, axis in registry.channel_weights(layer):
+            mask = mask_lib.expand_channel_mask(keep, variable.shape, axis)
+            variable.assign(ops.cast(variable * ops.cast(mask, variable.dtype),
+                                     variable.dtype))
+    return model, OneShotReport(method + " (channel)", tuple(rows), tuple(skipped), samples,
+                                time.time() - start)
+
+
+def _count(data):
+    if isinstance(data, dict):
+        return len(next(iter(data.values())))
+    return len(data)

@@ -114,10 +114,80 @@ def test_bad_input_is_named():
         oneshot.prune(_mlp(), x[:8], keep_dense=["nope"])
     with pytest.raises(ValueError, match="holds pruning wrappers"):
         oneshot.prune(kg.prune_low_magnitude(_mlp()), x[:8])
-    with pytest.raises(ValueError, match="structure='channel'"):
-        oneshot.prune(_mlp(), x[:8], structure="channel")
+    with pytest.raises(ValueError, match=r"structure='channel'.*method='sparsegpt'"):
+        oneshot.prune(_mlp(), x[:8], structure="channel", method="sparsegpt")
+    with pytest.raises(ValueError, match=r"structure='channel'.*sparsity_m_by_n=\(2, 4\)"):
+        oneshot.prune(_mlp(), x[:8], structure="channel", sparsity_m_by_n=(2, 4))
+    with pytest.raises(ValueError, match="`structure` must be None .* received 'block'"):
+        oneshot.prune(_mlp(), x[:8], structure="block")
     _, report = oneshot.prune(_mlp(), x[:8], keep_dense=["d2"], verbose=0)
     assert [r.path for r in report.layers] == ["d1"] and ("d2", "keep_dense") in report.skipped
+
+
+def _transformer():
+    keras.utils.set_random_seed(0)
+    L = keras.layers
+    i = keras.Input((6, 16))
+    a = L.MultiHeadAttention(4, 4, name="mha")(i, i)
+    x = L.LayerNormalization()(L.Add()([i, a]))
+    h = L.Dense(32, activation="relu", name="ffn_in")(x)
+    x = L.LayerNormalization()(L.Add()([x, L.Dense(16, name="ffn_out")(h)]))
+    model = keras.Model(i, L.Dense(3, name="head")(L.GlobalAveragePooling1D()(x)))
+    # FFN units 0-7 never fire (bias -100 before a ReLU): their inputs to ffn_out are
+    # always 0, so Wanda's |W| x ||X|| finds them although their weights are large.
+    model.get_layer("ffn_in").bias.assign(np.where(np.arange(32) < 8, -100.0, 0.0)
+                                          .astype("float32"))
+    return model
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda"])
+def test_channel_structure_removes_whole_heads_and_units(method):
+    model = _transformer()
+    x = np.random.default_rng(0).normal(size=(64, 6, 16)).astype("float32")
+    same, report = oneshot.prune(model, x, method=method, sparsity=0.25, structure="channel",
+                                 verbose=0)
+    assert same is model
+    rows = {r.path: r for r in report.layers}
+    assert set(rows) == {"mha/heads", "ffn_in"} and rows["ffn_in"].sparsity == 0.25
+    assert dict(report.skipped)["head"].startswith("not removable")
+    dead = np.where((np_(model.get_layer("ffn_in").kernel) == 0).all(axis=0))[0].tolist()
+    if method == "wanda":
+        assert dead == list(range(8))
+    else:   # magnitude keeps them: the L1 norm counts the large bias
+        assert not set(dead) & set(range(8)) and len(dead) == 8
+    assert report.samples == (64 if method == "wanda" else 0)
+    assert "groups" in str(report) and "n/a" in str(report)
+    small, removed = kg.materialize(model, return_report=True)
+    assert removed.removed == {"mha/heads": 1, "ffn_in": 8}
+    assert small.get_layer("mha").num_heads == 3 and small.get_layer("ffn_in").units == 24
+    np.testing.assert_allclose(np_(small.predict(x, verbose=0)),
+                               np_(model.predict(x, verbose=0)), atol=1e-5)
+
+
+def test_channel_structure_on_a_kerashub_classifier_keeps_its_class():
+    keras_hub = pytest.importorskip("keras_hub")
+    keras.utils.set_random_seed(0)
+    clf = keras_hub.models.BertTextClassifier(backbone=keras_hub.models.BertBackbone(
+        vocabulary_size=50, num_layers=2, num_heads=4, hidden_dim=16, intermediate_dim=32,
+        max_sequence_length=8), num_classes=3, preprocessor=None)
+    rng = np.random.default_rng(0)
+    x = {"token_ids": rng.integers(0, 50, (16, 8)).astype("int32"),
+         "segment_ids": np.zeros((16, 8), "int32"), "padding_mask": np.ones((16, 8), bool)}
+    before = np_(clf.predict(x, verbose=0))
+    same, report = oneshot.prune(clf, x, method="wanda", sparsity=0.5, structure="channel",
+                                 verbose=0)
+    assert same is clf and type(clf).__name__ == "BertTextClassifier"
+    groups = {r.path: r.sparsity for r in report.layers}
+    assert groups["bert_backbone/transformer_layer_1/self_attention_layer/heads"] == 0.5
+    assert groups["bert_backbone/transformer_layer_0/units"] == 0.5
+    attention = clf.backbone.get_layer("transformer_layer_0")._self_attention_layer
+    q = np_(attention._query_dense.kernel)            # [hidden, heads, head_dim]
+    assert sum(bool((q[:, h] == 0).all()) for h in range(4)) == 2
+    assert np.abs(np_(clf.predict(x, verbose=0)) - before).max() > 0
+    small, removed = kg.materialize(clf, return_report=True)
+    assert removed.removed["bert_backbone/transformer_layer_0/units"] == 16
+    np.testing.assert_allclose(np_(small.predict(x, verbose=0)),
+                               np_(clf.predict(x, verbose=0)), atol=1e-5)
 
 
 def test_layers_it_cannot_handle_are_skipped_and_listed():
