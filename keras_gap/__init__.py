@@ -26,7 +26,7 @@ from keras_gap.optimizer_wrappers import MaskedOptimizer
 from keras_gap.gap import (GaPCallback, GaPPruningSchedule, gap_partitions,
                            gap_total_epochs, prune_gap)
 from keras_gap.prune import prune_low_magnitude, prune_scope, strip_pruning
-from keras_gap.pruning_policy import PruneForLatencyOnXNNPack, PruningPolicy
+from keras_gap.pruning_policy import KeepDense, PruneForLatencyOnXNNPack, PruningPolicy
 from keras_gap.registry import PrunableLayer
 from keras_gap.report import SparsityReport, sparsity_report
 from keras_gap.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
@@ -38,8 +38,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConstantSparsity", "FlopsReport", "GaPCallback", "GaPPruningSchedule", "MaskedOptimizer",
-    "PolynomialDecay",
-    "PrunableLayer", "PruneForLatencyOnXNNPack", "PruneLowMagnitude", "PruningPolicy",
+    "KeepDense", "PolynomialDecay", "PrunableLayer", "PruneForLatencyOnXNNPack",
+    "PruneLowMagnitude", "PruningPolicy",
     "PruningSchedule", "PruningSummaries", "SparsityReport",
     "TrainingCost", "UpdatePruningStep", "channel_groups", "criteria", "datasets",
     "distributions", "export", "flops_report", "gap_partitions", "gap_total_epochs", "gradients",

@@ -248,9 +248,11 @@ def prune_in_place(model, wrap, pruning_policy=None, prune_depthwise=False,
             (False: keep dense).
         prune_depthwise: also prune DepthwiseConv kernels.
         structure: "unstructured", or "channel": only the layers of the
-            model's graph (nested backbones included) get channel masks, kept
-            in step over each channel group by the pruning callbacks; layers
-            inside composite layers stay dense (with a warning).
+            model's graph (nested backbones included) and the members of
+            attention-head and FFN-unit groups inside composite layers get
+            channel masks, kept in step over each channel group by the pruning
+            callbacks; other layers inside composite layers stay dense (with a
+            warning).
         unsupported_layers: "error" (default) refuses a leaf layer that owns
             weights keras-gap does not know how to prune (embeddings,
             position tables and normalizations excepted: they stay dense);

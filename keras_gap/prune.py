@@ -210,6 +210,8 @@ def prune_low_magnitude(to_prune, pruning_schedule=None, block_size=(1, 1),
         result = [layer if isinstance(layer, keep) else wrap(layer) for layer in to_prune]
     elif inplace.is_functional_subclass(to_prune):
         # A KerasHub task / backbone: pruned in place, it stays its class.
+        if hasattr(pruning_policy, "ensure_model_supports_pruning"):
+            pruning_policy.ensure_model_supports_pruning(to_prune)
         result = inplace.prune_in_place(to_prune, wrap, pruning_policy, prune_depthwise,
                                         structure, unsupported_layers)
     elif isinstance(to_prune, keras.Model):

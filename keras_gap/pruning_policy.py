@@ -53,6 +53,57 @@ class PruningPolicy(abc.ABC):
         return self.allow_pruning(layer)
 
 
+class KeepDense(PruningPolicy):
+    """Prunes every layer but the named ones (by name or by path).
+
+    In a model whose sublayers repeat their names (every KerasHub transformer
+    block has a ``feedforward_output_dense``), a path names one of them: Keras'
+    own ``layer.path`` (``"transformer_layer_0/feedforward_output_dense"``) or
+    keras-gap's, which starts at the outer model's graph
+    (``"gpt2_backbone/transformer_layer_0/feedforward_output_dense"``, as in
+    `prune_gap`'s ``keep_dense``). A plain name keeps every layer of that name.
+
+    Args:
+        names: layer names or paths to keep dense.
+
+    Returns:
+        A policy for ``prune_low_magnitude(model, pruning_policy=...)``.
+
+    Raises:
+        ValueError: (when pruning) a name or path that is no layer of the model,
+            with the paths it has.
+
+    Example:
+        >>> pruned = kg.prune_low_magnitude(lm, pruning_policy=kg.KeepDense(
+        ...     ["gpt2_backbone/transformer_layer_0/feedforward_output_dense"]))
+    """
+
+    def __init__(self, names):
+        if isinstance(names, str) or not all(isinstance(n, str) and n for n in names):
+            raise ValueError(f"KeepDense takes a list of layer names or paths; received "
+                             f"{names!r}.")
+        self.names = tuple(names)
+
+    @staticmethod
+    def _matches(name, layer):
+        layer = _unwrap(layer)
+        path = getattr(layer, "path", None) or layer.name
+        return name in (layer.name, path) or name.endswith("/" + path)
+
+    def allow_pruning(self, layer):
+        return not any(self._matches(n, layer) for n in self.names)
+
+    def ensure_model_supports_pruning(self, model):
+        layers = list(model._flatten_layers(include_self=False, recursive=True))
+        missing = [n for n in self.names if not any(self._matches(n, l) for l in layers)]
+        if missing:
+            paths = [getattr(l, "path", None) or l.name for l in layers
+                     if not list(l._flatten_layers(include_self=False, recursive=False))]
+            raise ValueError(f"KeepDense names layers that are not in model {model.name!r}: "
+                             f"{missing}. Its layers (Keras paths): {paths[:40]}"
+                             + (" ..." if len(paths) > 40 else "") + ".")
+
+
 def _unwrap(layer):
     return layer.layer if isinstance(layer, PruneLowMagnitude) else layer
 

@@ -530,3 +530,23 @@ def test_stripped_in_place_model_exports_saved_model_and_tflite_refuses_dict_inp
     runner = tf.lite.Interpreter(model_content=converter.convert()).get_signature_runner()
     got = list(runner(**{k: v for k, v in x.items()}).values())[0]
     np.testing.assert_allclose(got, np_(final.predict(x, verbose=0)), atol=1e-4)
+
+
+def test_keep_dense_policy_names_sublayers_by_path():
+    lm = _lm()
+    path = "gpt2_backbone/transformer_layer_0/feedforward_output_dense"
+    pruned = kg.prune_low_magnitude(lm, pruning_policy=kg.KeepDense([path, "self_attention"]))
+    wrapped = {w.in_place_path for w in inplace.in_place_wrappers(pruned)}
+    assert wrapped == {"gpt2_backbone/transformer_layer_0/feedforward_intermediate_dense",
+                       "gpt2_backbone/transformer_layer_1/feedforward_intermediate_dense",
+                       "gpt2_backbone/transformer_layer_1/feedforward_output_dense"}
+    with pytest.raises(ValueError, match=r"KeepDense names layers that are not in model .*"
+                                         r"\['transformer_layer_9/nope'\].*transformer_layer_0/"):
+        kg.prune_low_magnitude(_lm(), pruning_policy=kg.KeepDense(["transformer_layer_9/nope"]))
+    with pytest.raises(ValueError, match="list of layer names or paths; received 'logits'"):
+        kg.KeepDense("logits")
+    # The same policy on a clone-pruned Functional model: names as in tf-mot.
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="a"),
+                              keras.layers.Dense(2, name="b")])
+    pruned = kg.prune_low_magnitude(model, pruning_policy=kg.KeepDense(["b"]))
+    assert [type(l).__name__ for l in pruned.layers] == ["PruneLowMagnitude", "Dense"]
