@@ -106,7 +106,7 @@ def summarize_channel_runs(rows, lat):
         if key in lat:
             base = lat["dense_0.0"]
             entry["latency"] = lat[key]
-            for k in ("keras_b1", "keras_b64", "tflite_b1"):
+            for k in lat[key]:
                 entry[f"{k}_speedup"] = base[k]["median_ms"] / lat[key][k]["median_ms"]
             entry["tflite_speedup_over_mac_reduction"] = (
                 entry["tflite_b1_speedup"] / entry["macs_reduction"])
