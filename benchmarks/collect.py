@@ -47,7 +47,7 @@ BENCHMARKS = [
     ("structured", "Channel pruning: dense vs channel GMP vs channel C-GaP, materialized",
      "python benchmarks/structured.py"),
     ("heads", "Attention heads and FFN units removed: dense vs channel GMP / C-GaP (fortunes)",
-     "python benchmarks/heads.py"),
+     "python benchmarks/heads.py --seeds 2 --epochs 8"),
     ("prunability", "Prunability of keras.applications models (channel groups, materialize)",
      "python benchmarks/prunability.py"),
     ("kerashub_prunability", "KerasHub models pruned in place (every family that builds "
