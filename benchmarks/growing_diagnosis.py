@@ -23,7 +23,8 @@ per epoch (never touching the test set):
 
 ``--variants`` runs several settings, one at a time: ``base`` (the library
 defaults), ``dense`` (the full space, validation accuracy per epoch: its
-plateau), or ``key=value`` overrides joined by ``+``: keys of
+plateau; ``dense+epochs=N`` for another budget), or ``key=value`` overrides
+joined by ``+``: keys of
 ``kg.growing.add_gates`` (seed_channels, initial_score, score_scale,
 seed_blocks), of ``kg.growing.GrowingCallback`` (final_temperature, rounds,
 penalty, penalty_rate, penalty_gain, update_freq, freeze_fraction, ...), and
@@ -89,9 +90,10 @@ RUN_KEYS = {"epochs": int, "learning_rate": float}
 def parse_variant(variant):
     """"score_scale=3+freeze_fraction=0.4" -> ({add_gates kw}, {callback kw}, {run kw})."""
     gate_kw, cb_kw, run_kw = {}, {}, {}
-    if variant in ("base", "dense"):
-        return gate_kw, cb_kw, run_kw
-    for part in variant.split("+"):
+    parts = variant.split("+")
+    if parts[0] in ("base", "dense"):
+        parts = parts[1:]
+    for part in parts:
         key, _, value = part.partition("=")
         for table, out in ((GATE_KEYS, gate_kw), (CALLBACK_KEYS, cb_kw), (RUN_KEYS, run_kw)):
             if key in table:
@@ -100,6 +102,10 @@ def parse_variant(variant):
         else:
             raise app.UsageError(f"unknown variant key {key!r} in {variant!r}")
     return gate_kw, cb_kw, run_kw
+
+
+def is_dense(variant):
+    return variant.split("+")[0] == "dense"
 
 
 def make_diagnostics(xv, yv, check_every):
@@ -287,7 +293,7 @@ def run_one(variant, seed, data):
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     t0 = time.perf_counter()
     row = {"variant": variant, "seed": seed, "epochs": epochs, "learning_rate": lr}
-    if variant == "dense":
+    if is_dense(variant):
         space.compile(optimizer, loss)
         vals = []
 
@@ -390,7 +396,7 @@ def markdown(rows, summary, prov):
         lines += [f"### {r['variant']}, seed {r['seed']}, {r['epochs']} epochs "
                   f"(final val {r['val_accuracy']:.4f}; "
                   f"{_common.commit_label(r.get('provenance'))})", ""]
-        if r["variant"] == "dense":
+        if is_dense(r["variant"]):
             lines += ["val acc per epoch: " + ", ".join(
                 f"{e['val_accuracy']:.4f}" for e in r["per_epoch"]), ""]
             continue
