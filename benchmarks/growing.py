@@ -7,7 +7,8 @@ examples/growing_resnet.py), trained with Adam and a cosine learning rate by
 
 * ``dense``: the full space;
 * ``growing``: ``kg.growing.add_gates(space, seed_channels=0.25, seed_blocks=1,
-  target=Budget(flops=b))`` + ``GrowingCallback(final_temperature=200)``, then
+  target=Budget(flops=b))`` + ``GrowingCallback(final_temperature=200)`` (the
+  library's default ``freeze_fraction``, 0.3, unless ``--freeze_fraction``), then
   ``kg.growing.finalize``, at b = 50% and 25%;
 * ``gmp`` / ``cgap``: channel GMP and channel C-GaP (benchmarks/structured.py's
   set-up) with the channel fraction chosen so that the materialized MACs match
@@ -43,7 +44,8 @@ This script shares benchmarks/structured.py's data and training flags
 benchmarks/_common.py) and its channel GMP / C-GaP set-up (benchmarks/_models.py).
 
 Usage:
-    KERAS_BACKEND=tensorflow python benchmarks/growing.py --seeds 2 --train_images 6000
+    KERAS_BACKEND=tensorflow python benchmarks/growing.py --seeds 3 --epochs 10 \
+        --train_images 6000
     python benchmarks/growing.py --quick --output_dir /tmp/growing
 
 Writes benchmarks/results/growing.{json,md} (``--results_name`` for another stem).

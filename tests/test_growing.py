@@ -63,7 +63,8 @@ def fit(gated, x, y, epochs=2, callback=None, **kw):
     gated.compile(keras.optimizers.Adam(1e-2),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     return gated.fit(x, y, batch_size=8, epochs=epochs, verbose=0,
-                     callbacks=[callback or kg.growing.GrowingCallback(final_temperature=50)],
+                     callbacks=[callback or kg.growing.GrowingCallback(final_temperature=50,
+                                                                       freeze_fraction=0)],
                      **kw)
 
 
@@ -179,7 +180,8 @@ def test_temperature_rounds_and_clipping():
                                  score_scale=1e-4)
     x, y = data(space)
     history = fit(gated, x, y, epochs=4,
-                  callback=kg.growing.GrowingCallback(final_temperature=100, rounds=2))
+                  callback=kg.growing.GrowingCallback(final_temperature=100, rounds=2,
+                                                      freeze_fraction=0))
     np.testing.assert_allclose(history.history["beta"], [1, 100, 1, 100], rtol=1e-5)
     assert "penalty" not in history.history     # no budget, no penalty
     for g in gating.gates_of(gated):   # s <- min(beta * s, 1) after round 1, beta = 100
@@ -208,13 +210,15 @@ def test_save_and_resume_continues_the_schedule(tmp_path):
                                  target=kg.growing.Budget(flops=0.5))
     x, y = data(space)
     first = fit(gated, x, y, epochs=1,
-                callback=kg.growing.GrowingCallback(final_temperature=81, epochs=5))
+                callback=kg.growing.GrowingCallback(final_temperature=81, epochs=5,
+                                                    freeze_fraction=0))
     path = os.path.join(tmp_path, "gated.keras")
     gated.save(path)
     loaded = keras.saving.load_model(path)
     np.testing.assert_allclose(predict(loaded, x), predict(gated, x), atol=1e-6)
     rest = loaded.fit(x, y, batch_size=8, epochs=4, verbose=0,
-                      callbacks=[kg.growing.GrowingCallback(final_temperature=81)])
+                      callbacks=[kg.growing.GrowingCallback(final_temperature=81,
+                                                            freeze_fraction=0)])
     betas = first.history["beta"] + rest.history["beta"]
     np.testing.assert_allclose(betas, [1, 3, 9, 27, 81], rtol=1e-5)
     lam = keras.ops.convert_to_numpy(gating.gates_of(gated)[0].penalty)
@@ -270,6 +274,39 @@ def test_freeze_schedule_epochs():
     np.testing.assert_allclose(h.history["beta"], [1, 4, 16, 16, 16], rtol=1e-5)
     # frozen epochs: lambda no longer adapts
     assert h.history["penalty"][3] == h.history["penalty"][4]
+
+
+def test_default_freeze_keeps_the_gates_across_the_frozen_epochs():
+    """The default (freeze_fraction=0.3): of 7 epochs the last 2 are frozen; the hard,
+    sampled and soft gates and the scores are the same at the end of each of them."""
+    space = cnn()
+    gated = kg.growing.add_gates(space, seed_channels=0.5, seed=0,
+                                 target=kg.growing.Budget(flops=0.5))
+    x, y = data(space)
+    gates = gating.gates_of(gated)
+    snapshots = []
+
+    class Snapshot(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            snapshots.append([(gating.hard_gates(g), gating.sampled_gates(g),
+                               gating.soft_gates(g), scores(g).copy()) for g in gates])
+
+    cb = kg.growing.GrowingCallback(final_temperature=16)
+    assert cb.freeze_fraction == 0.3
+    gated.compile(keras.optimizers.Adam(1e-2),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    h = gated.fit(x, y, batch_size=8, epochs=7, verbose=0, callbacks=[cb, Snapshot()])
+    assert cb.growth_epochs() == 5
+    np.testing.assert_allclose(h.history["beta"], [1, 2, 4, 8, 16, 16, 16], rtol=1e-5)
+    for frozen in snapshots[5:]:                  # the 2 frozen epochs
+        for now, then in zip(frozen, snapshots[5]):
+            for a, b in zip(now, then):
+                np.testing.assert_array_equal(a, b)
+    for g, (hard, sampled, _, s) in zip(gates, snapshots[-1]):
+        np.testing.assert_array_equal(sampled, hard)
+        np.testing.assert_allclose(np.abs(s), g.initial_score, rtol=1e-5)
+    assert h.history["penalty"][5] == h.history["penalty"][6]
+    assert h.history["flops_final"][5] == h.history["flops_final"][6]
 
 
 @pytest.mark.parametrize("wrapped", [False, True], ids=["adamw", "loss_scaled_adamw"])
