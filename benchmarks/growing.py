@@ -38,6 +38,13 @@ seed from the same code and RESULT_FLAGS (``--reuse_from``, as in
 gap_vs_baselines.py). The results files summarize the cached runs and say
 which planned runs are missing (a partial table).
 
+Latency: by default each model is timed once, right after its training; on a
+shared machine the load changes between runs. ``--retime`` re-trains the first
+seed's runs (checking the weights bit for bit against the cache), exports them
+and times all of them interleaved (``--latency_rounds`` rounds, each model once
+per round, in a rotating order), and records each model's layer widths; the
+tables then use those medians (``<name>_latency.json``).
+
 This script shares benchmarks/structured.py's data and training flags
 (--train_images, --val_images, --test_images, --epochs, --seeds,
 --batch_size, --learning_rate, --latency_runs, --quick, --output_dir;
@@ -91,6 +98,12 @@ flags.DEFINE_enum("reuse_from", "commit", ["commit", "flags", "any"],
                   "commit and uncommitted changes, versions, backend and RESULT_FLAGS; "
                   "'flags': any commit, same RESULT_FLAGS and backend; 'any': every row")
 flags.DEFINE_bool("report_only", False, "only summarize the cached runs")
+flags.DEFINE_bool("retime", False, "re-train the first seed's cached runs (the weights' sha1 "
+                  "is checked against the cache: training is deterministic) and time their "
+                  "TFLite models interleaved, --latency_rounds rounds of --latency_runs runs "
+                  "each; writes <name>_latency.json, which the tables then use")
+flags.DEFINE_integer("latency_rounds", 7, "--retime: rounds over all models (the reported "
+                     "latency is the median of a model's round medians)")
 
 # The flags that change a run's numbers besides its key (label, seed).
 RESULT_FLAGS = ("train_images", "val_images", "test_images", "epochs", "batch_size",
@@ -204,10 +217,17 @@ def markdown(result):
         "Unstructured C-GaP: benchmarks/gap_vs_baselines.py's recipe (stem conv and "
         "classifier dense, 3 partitions, 2 rounds over 3/4 of the steps, then fine-tuning; "
         "90% over the other layers). " +
-        "Accuracy and MACs are the materialized model's; TFLite latency is the median of "
-        f"{cfg['latency_runs']} runs (one thread, batch 1, seed "
-        f"{cfg.get('first_seed', 0)}'s model). Total wall time "
-        f"{result['wall_minutes']:.1f} min.", "",
+        "Accuracy and MACs are the materialized model's; TFLite latency: one thread, "
+        f"batch 1, seed {cfg.get('first_seed', 0)}'s model, "
+        + (f"the median of {result['retimed']['latency_rounds']} interleaved rounds' medians "
+           f"of {result['retimed']['latency_runs']} runs (--retime: the models re-trained, "
+           "weights identical to the cached runs' "
+           + ("for every model" if all(m["weights_match_cache"]
+                                       for m in result["retimed"]["models"].values())
+              else "NOT for every model: see the JSON") + ")"
+           if result.get("retimed") else
+           f"the median of {cfg['latency_runs']} runs right after its training") +
+        f". Total wall time {result['wall_minutes']:.1f} min (this invocation).", "",
         _common.provenance_line([r.get("provenance") for r in result["rows"]]), ""]
     if result.get("missing"):
         lines += [f"**PARTIAL**: {len(result['missing'])} planned run(s) not done yet: "
@@ -231,6 +251,15 @@ def markdown(result):
             + (f"| {e['tflite_ms']:.3f} | {e['tflite_speedup']:.2f}x "
                f"| {e['tflite_speedup'] * e['macs_ratio']:.2f} |" if "tflite_ms" in e
                else "| | | |"))
+    if result.get("retimed"):
+        lines += ["", f"TFLite latency per round (--retime, seed {result['retimed']['seed']}; "
+                  "ms, median of each round) and the materialized layer widths (output "
+                  "channels of each Conv2D / Dense layer, in model order):", "",
+                  "| method | round medians (ms) | widths |", "|---|---|---|"]
+        for label, m in result["retimed"]["models"].items():
+            lines.append(f"| {label} | "
+                         + ", ".join(f"{t:.3f}" for t in m["tflite"]["round_medians_ms"])
+                         + " | " + " ".join(str(w) for w in m["widths"].values()) + " |")
     lines += ["", "Goals (issue 22; test accuracy, mean over seeds, same epochs for every "
               "method): growing at 50% within 1.0 point of dense and >= channel GMP - 0.3 "
               "points at the same MACs; training MACs <= 0.6x dense; TFLite speed-up >= 0.75 "
@@ -280,6 +309,70 @@ def plan(budgets, matched, seeds):
     return [(seed, c) for seed in seeds for c in configs]
 
 
+def layer_widths(model):
+    """{layer name: output channels} of the Conv2D / Dense layers of ``model``."""
+    import keras
+    return {layer.name: int(layer.kernel.shape[-1]) for layer in model.layers
+            if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))}
+
+
+def retime(rows, data, x1, x64, workdir, out_path):
+    """Interleaved TFLite latency of the first seed's models (see --retime)."""
+    import keras
+
+    import keras_gap as kg
+    first_rows = {r["label"]: r for r in rows if r["seed"] == FLAGS.first_seed}
+    labels = [label for _, (label, _, _) in plan([float(b) for b in FLAGS.budgets],
+                                                 _matched(rows), [FLAGS.first_seed])
+              if label in first_rows]
+    configs = {label: (method, kw) for _, (label, method, kw) in
+               plan([float(b) for b in FLAGS.budgets], _matched(rows), [FLAGS.first_seed])}
+    paths, info = {}, {}
+    for label in labels:
+        method, kw = configs[label]
+        row, final = train(method, FLAGS.first_seed, data, **kw)
+        cached = first_rows[label]
+        paths[label] = os.path.join(workdir, label + ".tflite")
+        kg.export.to_tflite(final, paths[label], sparse=False, sample_inputs=x64[:8])
+        info[label] = {"weights_match_cache": row["weights"] == cached["weights"],
+                       "test_accuracy": row["test_accuracy"], "macs": row["macs"],
+                       "widths": layer_widths(final)}
+        print(f"retime: {label} re-trained, weights match the cache: "
+              f"{info[label]['weights_match_cache']}", flush=True)
+        keras.backend.clear_session()
+    rounds = {label: [] for label in labels}
+    for k in range(FLAGS.latency_rounds):
+        order = labels[k % len(labels):] + labels[:k % len(labels)]
+        for label in order:
+            rounds[label].append(time_tflite(paths[label], x1, FLAGS.latency_runs))
+    for label in labels:
+        medians = [t["median_ms"] for t in rounds[label]]
+        info[label]["tflite"] = dict(rounds[label][0], median_ms=statistics.median(medians),
+                                     p10_ms=min(t["p10_ms"] for t in rounds[label]),
+                                     p90_ms=max(t["p90_ms"] for t in rounds[label]),
+                                     round_medians_ms=medians, rounds=FLAGS.latency_rounds)
+        print(f"retime: {label} {statistics.median(medians):.4f} ms (round medians "
+              f"{min(medians):.4f}-{max(medians):.4f})", flush=True)
+    out = {"provenance": _common.provenance(), "seed": FLAGS.first_seed,
+           "latency_rounds": FLAGS.latency_rounds, "latency_runs": FLAGS.latency_runs,
+           "models": info}
+    with open(out_path, "w") as f:
+        json.dump(out, f, indent=2, default=float)
+    return out
+
+
+def _matched(rows):
+    """GMP / C-GaP channel fraction from the lowest seed's growing run at the first
+    budget (so that every seed's baseline is the same); None before that run."""
+    first = sorted((r for r in rows if r["label"] == f"growing_{float(FLAGS.budgets[0]):g}"),
+                   key=lambda r: r["seed"])
+    if not first or not any(r["label"] == "dense" for r in rows):
+        return None
+    dense_macs = next(r["macs"] for r in rows if r["label"] == "dense")
+    ratio = first[0]["macs"] / dense_macs
+    return round(min(max(1 - math.sqrt(ratio), 0.05), 0.95), 3)
+
+
 def main(argv):
     del argv
     import keras
@@ -306,18 +399,14 @@ def main(argv):
     seeds = list(range(FLAGS.first_seed, FLAGS.first_seed + FLAGS.seeds))
 
     def matched_sparsity():
-        # from the lowest seed's run only, so that every seed's baseline is the same
-        first = sorted((r for r in rows if r["label"] == f"growing_{budgets[0]:g}"),
-                       key=lambda r: r["seed"])
-        if not first or not any(r["label"] == "dense" for r in rows):
-            return None
-        dense_macs = next(r["macs"] for r in rows if r["label"] == "dense")
-        ratio = first[0]["macs"] / dense_macs
-        return round(min(max(1 - math.sqrt(ratio), 0.05), 0.95), 3)
+        return _matched(rows)
 
     with tempfile.TemporaryDirectory(prefix="kg_growing_") as workdir:
         # growing first (the baselines' channel fraction matches its MACs), then the rest
-        while not FLAGS.report_only:
+        latency_path = stem + "_latency.json"
+        if FLAGS.retime:
+            retime(rows, data, x1, x64, workdir, latency_path)
+        while not FLAGS.report_only and not FLAGS.retime:
             done = {(r["label"], r["seed"]) for r in rows}
             todo = [(seed, c) for seed, c in plan(budgets, matched_sparsity(), seeds)
                     if (c[0], seed) not in done]
@@ -350,6 +439,14 @@ def main(argv):
                if (label, seed) not in have]
     lat = {r["label"]: r["tflite"] for r in rows
            if r.get("tflite") and r["seed"] == FLAGS.first_seed}
+    retimed = None
+    if os.path.exists(latency_path):
+        with open(latency_path) as f:
+            retimed = json.load(f)
+        if retimed.get("seed") == FLAGS.first_seed:
+            lat.update({label: m["tflite"] for label, m in retimed["models"].items()})
+        else:
+            retimed = None
     result = {"date": prov["date"], "provenance": prov, "machine": machine_info(),
               "keras": keras.__version__,
               "backend": keras.backend.backend(), "keras_gap": kg.__version__,
@@ -363,7 +460,7 @@ def main(argv):
                          "matched_sparsity": matched if matched is not None else float("nan"),
                          "first_seed": FLAGS.first_seed, "latency_runs": FLAGS.latency_runs,
                          "quick": FLAGS.quick},
-              "missing": missing, "rows": rows, "latency": lat,
+              "missing": missing, "rows": rows, "latency": lat, "retimed": retimed,
               "summary": summarize(rows, lat),
               "wall_minutes": (time.perf_counter() - start) / 60}
     with open(stem + ".json", "w") as f:
