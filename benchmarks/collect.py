@@ -58,8 +58,8 @@ BENCHMARKS = [
      "Bible)", "python benchmarks/oneshot_lm.py --epochs 2 --vocabulary 4000 "
      "--finetune_steps 100"),
     ("growing", "Growing networks vs dense, channel GMP / C-GaP, unstructured C-GaP",
-     "python benchmarks/growing.py --seeds 2 --train_images 6000 --epochs 5 "
-     "--latency_runs 200"),
+     "python benchmarks/growing.py --seeds 3 --train_images 6000 --epochs 10, then the "
+     "same with --reuse_from flags --retime --latency_rounds 7 (interleaved TFLite timing)"),
     ("pgap_parallel", "P-GaP in one process vs on Ray workers (time per round, accuracy)",
      "python benchmarks/pgap_parallel.py"),
 ]

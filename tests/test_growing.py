@@ -63,7 +63,8 @@ def fit(gated, x, y, epochs=2, callback=None, **kw):
     gated.compile(keras.optimizers.Adam(1e-2),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     return gated.fit(x, y, batch_size=8, epochs=epochs, verbose=0,
-                     callbacks=[callback or kg.growing.GrowingCallback(final_temperature=50)],
+                     callbacks=[callback or kg.growing.GrowingCallback(final_temperature=50,
+                                                                       freeze_fraction=0)],
                      **kw)
 
 
@@ -179,7 +180,8 @@ def test_temperature_rounds_and_clipping():
                                  score_scale=1e-4)
     x, y = data(space)
     history = fit(gated, x, y, epochs=4,
-                  callback=kg.growing.GrowingCallback(final_temperature=100, rounds=2))
+                  callback=kg.growing.GrowingCallback(final_temperature=100, rounds=2,
+                                                      freeze_fraction=0))
     np.testing.assert_allclose(history.history["beta"], [1, 100, 1, 100], rtol=1e-5)
     assert "penalty" not in history.history     # no budget, no penalty
     for g in gating.gates_of(gated):   # s <- min(beta * s, 1) after round 1, beta = 100
@@ -208,18 +210,103 @@ def test_save_and_resume_continues_the_schedule(tmp_path):
                                  target=kg.growing.Budget(flops=0.5))
     x, y = data(space)
     first = fit(gated, x, y, epochs=1,
-                callback=kg.growing.GrowingCallback(final_temperature=81, epochs=5))
+                callback=kg.growing.GrowingCallback(final_temperature=81, epochs=5,
+                                                    freeze_fraction=0))
     path = os.path.join(tmp_path, "gated.keras")
     gated.save(path)
     loaded = keras.saving.load_model(path)
     np.testing.assert_allclose(predict(loaded, x), predict(gated, x), atol=1e-6)
     rest = loaded.fit(x, y, batch_size=8, epochs=4, verbose=0,
-                      callbacks=[kg.growing.GrowingCallback(final_temperature=81)])
+                      callbacks=[kg.growing.GrowingCallback(final_temperature=81,
+                                                            freeze_fraction=0)])
     betas = first.history["beta"] + rest.history["beta"]
     np.testing.assert_allclose(betas, [1, 3, 9, 27, 81], rtol=1e-5)
     lam = keras.ops.convert_to_numpy(gating.gates_of(gated)[0].penalty)
     assert rest.history["penalty"][0] == pytest.approx(float(lam))
     assert gating.trained_epochs(gating.gates_of(loaded)[0]) == 5
+
+
+def test_freeze_fixes_the_architecture_and_trains_the_weights():
+    space = resnet()
+    gated = kg.growing.add_gates(space, seed_channels=0.5, seed_blocks=1, seed=0,
+                                 target=kg.growing.Budget(flops=0.5))
+    x, y = data(space)
+    gates = gating.gates_of(gated)
+    # 4 epochs, the last 2 frozen: beta anneals over the first 2 (1 -> 50)
+    cb = kg.growing.GrowingCallback(final_temperature=50, freeze_fraction=0.5, epochs=4)
+    history = fit(gated, x, y, epochs=2, callback=cb)
+    np.testing.assert_allclose(history.history["beta"], [1, 50], rtol=1e-5)
+    assert cb.growth_epochs() == 2
+    assert float(keras.ops.convert_to_numpy(gates[0].frozen)) == 0.0
+    hard = [gating.hard_gates(g) for g in gates]
+    kernel = keras.ops.convert_to_numpy(gated.get_layer("s1b1_c2").kernel).copy()
+    gated.fit(x, y, batch_size=8, epochs=2, verbose=0,
+              callbacks=[kg.growing.GrowingCallback(final_temperature=50, freeze_fraction=0.5)])
+    for g, h in zip(gates, hard):
+        np.testing.assert_array_equal(gating.hard_gates(g), h)        # no gate flipped
+        np.testing.assert_array_equal(gating.sampled_gates(g), h)     # no sampling
+        s = scores(g)
+        np.testing.assert_allclose(np.abs(s), g.initial_score, rtol=1e-5)  # no score step
+        assert float(keras.ops.convert_to_numpy(g.frozen)) == 1.0
+    assert not np.allclose(keras.ops.convert_to_numpy(gated.get_layer("s1b1_c2").kernel),
+                           kernel)                                    # weights train on
+    # a frozen gate in training: its inference values, no penalty in the loss
+    gate = gates[0]
+    gate.penalty.assign(100.0)
+    values = keras.ops.convert_to_numpy(gate(x, training=True))
+    np.testing.assert_array_equal(values, hard[0])
+    assert [float(keras.ops.convert_to_numpy(v)) for v in gate.losses] == [0.0]
+    gate.frozen.assign(0.0)
+    gate(x, training=True)
+    assert float(keras.ops.convert_to_numpy(gate.losses[0])) > 0
+    small = kg.growing.finalize(gated)
+    np.testing.assert_allclose(predict(small, x), predict(gated, x), atol=1e-5)
+
+
+def test_freeze_schedule_epochs():
+    space = cnn()
+    gated = kg.growing.add_gates(space, seed_channels=0.5, seed=0,
+                                 target=kg.growing.Budget(flops=0.5))
+    x, y = data(space)
+    cb = kg.growing.GrowingCallback(final_temperature=16, freeze_fraction=0.4)
+    h = fit(gated, x, y, epochs=5, callback=cb)
+    assert cb.growth_epochs() == 3
+    np.testing.assert_allclose(h.history["beta"], [1, 4, 16, 16, 16], rtol=1e-5)
+    # frozen epochs: lambda no longer adapts
+    assert h.history["penalty"][3] == h.history["penalty"][4]
+
+
+def test_default_freeze_keeps_the_gates_across_the_frozen_epochs():
+    """The default (freeze_fraction=0.3): of 7 epochs the last 2 are frozen; the hard,
+    sampled and soft gates and the scores are the same at the end of each of them."""
+    space = cnn()
+    gated = kg.growing.add_gates(space, seed_channels=0.5, seed=0,
+                                 target=kg.growing.Budget(flops=0.5))
+    x, y = data(space)
+    gates = gating.gates_of(gated)
+    snapshots = []
+
+    class Snapshot(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            snapshots.append([(gating.hard_gates(g), gating.sampled_gates(g),
+                               gating.soft_gates(g), scores(g).copy()) for g in gates])
+
+    cb = kg.growing.GrowingCallback(final_temperature=16)
+    assert cb.freeze_fraction == 0.3
+    gated.compile(keras.optimizers.Adam(1e-2),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    h = gated.fit(x, y, batch_size=8, epochs=7, verbose=0, callbacks=[cb, Snapshot()])
+    assert cb.growth_epochs() == 5
+    np.testing.assert_allclose(h.history["beta"], [1, 2, 4, 8, 16, 16, 16], rtol=1e-5)
+    for frozen in snapshots[5:]:                  # the 2 frozen epochs
+        for now, then in zip(frozen, snapshots[5]):
+            for a, b in zip(now, then):
+                np.testing.assert_array_equal(a, b)
+    for g, (hard, sampled, _, s) in zip(gates, snapshots[-1]):
+        np.testing.assert_array_equal(sampled, hard)
+        np.testing.assert_allclose(np.abs(s), g.initial_score, rtol=1e-5)
+    assert h.history["penalty"][5] == h.history["penalty"][6]
+    assert h.history["flops_final"][5] == h.history["flops_final"][6]
 
 
 @pytest.mark.parametrize("wrapped", [False, True], ids=["adamw", "loss_scaled_adamw"])
@@ -302,7 +389,8 @@ def test_models_without_gates_are_refused():
 
 @pytest.mark.parametrize("kwargs", [{"final_temperature": 1}, {"rounds": 0},
                                     {"penalty_rate": -1}, {"penalty_gain": "x"},
-                                    {"update_freq": 0}, {"epochs": 0}, {"log_dir": ""}])
+                                    {"update_freq": 0}, {"epochs": 0}, {"log_dir": ""},
+                                    {"freeze_fraction": 1.0}, {"freeze_fraction": -0.1}])
 def test_callback_arguments(kwargs):
     with pytest.raises(ValueError):
         kg.growing.GrowingCallback(**kwargs)

@@ -7,7 +7,10 @@ Its value multiplies the activations of the structure:
 * training: a binary sample ``q ~ Bernoulli(sigmoid(beta * s))`` in the
   forward pass, with the gradient of the soft value ``sigmoid(beta * s)``
   (straight-through: ``soft + stop_gradient(q - soft)``);
-* inference: the hard gate ``s > 0``.
+* inference: the hard gate ``s > 0``;
+* frozen (``GrowingCallback(freeze_fraction=...)``, the last part of the
+  schedule): the hard gate in training too, with no gradient to the scores
+  and no penalty (the architecture is fixed, the weights train on).
 
 A channel gate always keeps its highest-scoring channel on (a layer never
 loses all its channels). ``beta`` (temperature) and ``penalty`` (lambda) are
@@ -139,6 +142,8 @@ class Gate(keras.layers.Layer):
                                       initializer="ones", trainable=False)
         self.schedule = self.add_weight(name="schedule", shape=(5,), initializer="zeros",
                                         trainable=False)
+        self.frozen = self.add_weight(name="frozen", shape=(), initializer="zeros",
+                                      trainable=False)
         self.built = True
 
     def _top(self, s):
@@ -162,15 +167,21 @@ class Gate(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         s = self.scores()
+        fixed = ops.maximum(ops.cast(s > 0, "float32"), self._top(s))
         if not training:
-            return ops.maximum(ops.cast(s > 0, "float32"), self._top(s))
+            return fixed
         soft = self.soft_gate()
         u = keras.random.uniform((self.units,), seed=self.seed_generator)
-        hard = ops.maximum(ops.cast(u < soft, "float32"), self._top(s))
+        sampled = ops.maximum(ops.cast(u < soft, "float32"), self._top(s))
+        # Frozen (the last part of a schedule with `freeze_fraction`): the hard gates,
+        # no sampling, no gradient to the scores, no penalty.
+        live = 1.0 - ops.cast(self.frozen, "float32")
+        hard = live * sampled + (1.0 - live) * fixed
         self.sample.assign(hard)
         if self.budget_kind is not None:
-            self.add_loss(ops.cast(self.penalty, "float32")
+            self.add_loss(live * ops.cast(self.penalty, "float32")
                           * ops.sum(ops.cast(self.cost, "float32") * soft))
+        soft = live * soft
         return soft + ops.stop_gradient(hard - soft)
 
     def compute_output_shape(self, input_shape):
