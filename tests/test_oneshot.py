@@ -203,6 +203,7 @@ def test_layers_it_cannot_handle_are_skipped_and_listed():
     assert "skipped conv" in str(report)
 
 
+@pytest.mark.slow   # 46 s: a benchmark's smoke test, like tests/test_structured_benchmarks.py
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="a script: TF pass only")
 def test_oneshot_lm_benchmark_quick(tmp_path):
     """benchmarks/oneshot_lm.py end to end on tiny sizes (the King James text from
