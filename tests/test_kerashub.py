@@ -145,10 +145,9 @@ def test_unknown_weight_layers_in_place_and_gap_say_what_to_do():
         kg.prune_low_magnitude(Net())
     net = kg.prune_low_magnitude(Net(), unsupported_layers="keep_dense")
     assert type(net).__name__ == "Net" and len(inplace.in_place_wrappers(net)) == 1
-    with pytest.raises(ValueError, match=r"prune_gap\(structure='channel'\) is not supported "
-                                         "for GPT2CausalLM"):
+    with pytest.raises(ValueError, match=r"distribution='erk' is not supported"):
         kg.prune_gap(_lm(), target_sparsity=0.5, num_partitions=2, steps_per_step=2,
-                     structure="channel")
+                     structure="channel", distribution="erk")
     with pytest.raises(ValueError, match="partitioning='blocks'.*Sequential / Functional"):
         kg.prune_gap(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]),
                      partitioning="blocks", steps_per_step=2)
@@ -445,8 +444,14 @@ def test_channel_pruning_in_place_names_blocks_without_structures():
     with pytest.raises(ValueError, match="no layer with channels, heads or FFN units"):
         with pytest.warns(UserWarning):
             kg.prune_low_magnitude(Net(head=False), structure="channel")
-    with pytest.raises(ValueError, match=r"prune_gap\(structure='channel'\) is not supported"):
-        kg.prune_gap(_lm(), target_sparsity=0.5, structure="channel", steps_per_step=1)
+    # GaP's channel units in place: a GPT-2 block's attention (heads) and FFN (units).
+    lm = kg.prune_gap(_lm(), target_sparsity=0.5, structure="channel", steps_per_step=1,
+                      partitioning="blocks")
+    wrappers = inplace.in_place_wrappers(lm)
+    assert {w.structure for w in wrappers} == {"channel"}
+    assert sorted(w.in_place_path.split("/", 2)[2] for w in wrappers) == [
+        "feedforward_intermediate_dense", "feedforward_intermediate_dense",
+        "self_attention", "self_attention"]
 
 
 def _training_cost_start(model):
@@ -550,3 +555,35 @@ def test_keep_dense_policy_names_sublayers_by_path():
                               keras.layers.Dense(2, name="b")])
     pruned = kg.prune_low_magnitude(model, pruning_policy=kg.KeepDense(["b"]))
     assert [type(l).__name__ for l in pruned.layers] == ["PruneLowMagnitude", "Dense"]
+
+
+def test_channel_gap_in_place_grows_and_prunes_heads_and_units_per_block():
+    keras_hub = pytest.importorskip("keras_hub")
+    keras.utils.set_random_seed(0)
+    clf = keras_hub.models.BertTextClassifier(backbone=keras_hub.models.BertBackbone(
+        vocabulary_size=50, num_layers=2, num_heads=4, hidden_dim=16, intermediate_dim=32,
+        max_sequence_length=8), num_classes=3, preprocessor=None)
+    pruned = kg.prune_gap(clf, target_sparsity=0.5, partitioning="blocks", steps_per_step=2,
+                          rounds=1, finetune_steps=2, structure="channel",
+                          keep_dense=["pooled_dense"])
+    parts = {w.in_place_path: w.pruning_schedule.partition
+             for w in inplace.in_place_wrappers(pruned)}
+    block = "bert_backbone/transformer_layer_{}/"
+    assert parts == {block.format(i) + name: i for i in (0, 1)
+                     for name in ("self_attention_layer", "feedforward_intermediate_dense")}
+    rng = np.random.default_rng(0)
+    x = {"token_ids": rng.integers(0, 50, (32, 8)).astype("int32"),
+         "segment_ids": np.zeros((32, 8), "int32"), "padding_mask": np.ones((32, 8), bool)}
+    pruned.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    pruned.fit(x, rng.integers(0, 3, 32), batch_size=8, epochs=2, verbose=0,
+               callbacks=[kg.GaPCallback(verbose=0)])   # 2 x 2 steps + 2 fine-tune <= 8
+    final = kg.strip_pruning(pruned)
+    assert type(final).__name__ == "BertTextClassifier"
+    for i in (0, 1):
+        attention = final.backbone.get_layer(f"transformer_layer_{i}")._self_attention_layer
+        q = np_(attention._query_dense.kernel)
+        assert sum(bool((q[:, h] == 0).all()) for h in range(4)) == 2
+    small, report = kg.materialize(final, return_report=True)
+    assert report.removed[block.format(0) + "units"] == 16
+    np.testing.assert_allclose(np_(small.predict(x, verbose=0)),
+                               np_(final.predict(x, verbose=0)), atol=1e-5)

@@ -129,7 +129,10 @@ def prune_gap(model, target_sparsity=0.9, num_partitions=None, epochs_per_step=N
             group, so a group spanning what would be several partitions is
             grown and pruned as one. An explicit ``partitioning`` lists group
             names. Only "uniform" distribution; groups that are not removable
-            or touch a ``keep_dense`` layer stay dense.
+            or touch a ``keep_dense`` layer stay dense. On a model pruned in
+            place (KerasHub) the groups include attention heads and FFN
+            units, and ``partitioning="blocks"`` puts each block's groups in
+            its partition.
         unsupported_layers: "error" (default) or "keep_dense": leave layers
             with weights keras-gap cannot prune dense instead of raising.
 
@@ -252,12 +255,12 @@ def _prune_gap_in_place(model, target, num_partitions, partitioning, distributio
     place (`keras_gap.inplace`), layers named by path, one GaP partition per
     transformer block with ``partitioning="blocks"``."""
     from keras_gap import inplace
-    if structure != "unstructured":
-        raise ValueError(
-            f"prune_gap(structure={structure!r}) is not supported for {type(model).__name__} "
-            f"{model.name!r}, which is pruned in place (a KerasHub model): GaP grows and "
-            "prunes its layers unstructured. Use kg.prune_low_magnitude(model, "
-            "structure='channel') for channel pruning of its graph layers.")
+    from keras_gap.wrapper import CHANNEL, validate_structure
+    validate_structure(structure, wrapper_kwargs.get("block_size"))
+    if structure == CHANNEL and distribution != "uniform":
+        raise ValueError("prune_gap(structure='channel') prunes every channel group to "
+                         f"target_sparsity; distribution={distribution!r} is not "
+                         "supported (use 'uniform').")
     leaves = inplace.checked_leaves(model, structure=structure,
                                     unsupported_layers=unsupported_layers)
     known = {p for p, _, _ in leaves} | {l.name for _, l, _ in leaves}
@@ -266,14 +269,27 @@ def _prune_gap_in_place(model, target, num_partitions, partitioning, distributio
         raise ValueError(f"`keep_dense` names layers that are not in the model: {missing}. "
                          f"Prunable layers of model {model.name!r} (by path): "
                          f"{[p for p, _, _ in leaves]}.")
+    kept = [l for p, l, _ in leaves if p in keep_dense or l.name in keep_dense]
     leaves = [(p, l, b) for p, l, b in leaves if p not in keep_dense and l.name not in keep_dense]
     if not leaves:
         raise ValueError(f"Model {model.name!r} has no prunable layers left to partition "
                          f"(keep_dense={list(keep_dense)}).")
+    if structure == CHANNEL:
+        # GaP's units are channel groups (attention heads, FFN units, graph
+        # channels): a layer goes with its first removable group, and a layer in
+        # none stays dense; a group's layers share one partition.
+        leaves, unit_of = _channel_units_in_place(model, leaves, kept, keep_dense)
     paths = [p for p, _, _ in leaves]
     sizes = [sum(math.prod(w.shape) for w in registry.get_prunable_weights(l))
              for _, l, _ in leaves]
-    if partitioning == "blocks":
+    if structure == CHANNEL and partitioning != "blocks":
+        units = list(dict.fromkeys(unit_of[p] for p in paths))
+        unit_sizes = [sum(n for p, n in zip(paths, sizes) if unit_of[p] == u) for u in units]
+        unit_groups = partition_layers(units, unit_sizes,
+                                       4 if num_partitions is None else num_partitions,
+                                       partitioning, seed)
+        groups = [[p for p in paths if unit_of[p] in g] for g in unit_groups]
+    elif partitioning == "blocks":
         order = list(dict.fromkeys(b for _, _, b in leaves))  # None: outside every block
         groups = [[p for p, _, b in leaves if b == block] for block in order]
         if num_partitions not in (None, len(groups)):
@@ -287,22 +303,48 @@ def _prune_gap_in_place(model, target, num_partitions, partitioning, distributio
         groups = partition_layers(paths, sizes, 4 if num_partitions is None else num_partitions,
                                   partitioning, seed)
     part_of = {p: i for i, g in enumerate(groups) for p in g}
-    sparsities = _layer_sparsities([(l, n) for (_, l, _), n in zip(leaves, sizes)], target,
-                                   distribution, keep_dense, names=paths)
+    if structure == CHANNEL:
+        sparsities = {p: target for p in paths}
+    else:
+        sparsities = _layer_sparsities([(l, n) for (_, l, _), n in zip(leaves, sizes)], target,
+                                       distribution, keep_dense, names=paths)
     k = len(groups)
     dist_name = distribution if isinstance(distribution, str) else "custom"
 
     def wrap(layer, path):
         schedule = GaPPruningSchedule(part_of[path], k, sparsities[path],
                                       distribution=dist_name, **schedule_kwargs)
-        kwargs = dict(wrapper_kwargs)
+        kwargs = dict(wrapper_kwargs, structure=structure)
         if blocks_for:
             kwargs["block_size"] = _target_block(layer, blocks_for)
         return PruneLowMagnitude(layer, pruning_schedule=schedule,
                                  name=inplace.wrapper_name(path), **kwargs)
 
-    return inplace.prune_in_place(model, wrap, paths=set(paths),
+    return inplace.prune_in_place(model, wrap, paths=set(paths), structure=structure,
                                   unsupported_layers="keep_dense")
+
+
+def _channel_units_in_place(model, leaves, kept, keep_dense):
+    """(leaves holding a removable channel group, {path: group name}) of a model
+    pruned in place; a group with a ``kept`` (keep_dense) layer stays dense whole."""
+    from keras_gap.structured import graph as graph_lib
+    graph = graph_lib.analyze(model)
+    removable = {g.index for g in graph.groups if g.removable}
+    kept_groups = set()
+    for layer in kept:
+        if id(layer) in graph.layers:
+            kept_groups.update(graph.layer_groups(layer))
+    chosen, unit_of = [], {}
+    for path, layer, block in leaves:
+        groups = [g for g in graph.layer_groups(layer)
+                  if g in removable and g not in kept_groups]
+        if "out" in graph.maps.get(id(layer), {}) and groups:
+            unit_of[path] = graph.groups[groups[0]].name
+            chosen.append((path, layer, block))
+    if not chosen:
+        raise ValueError(f"Model {model.name!r} has no removable channel group to partition "
+                         f"(keep_dense={list(keep_dense)}); see keras_gap.channel_groups(model).")
+    return chosen, unit_of
 
 
 def _channel_units(model, keep_dense):
