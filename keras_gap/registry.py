@@ -291,15 +291,25 @@ def channel_weights(layer):
     return out
 
 
-def trivial_einsum(layer):
-    """True for an EinsumDense that is a Dense on the last axis ("...b,bc->...c")."""
+def _einsum_parts(layer):
+    """(input, kernel, output) subscripts of an EinsumDense "x,k->out" equation, or
+    None (another layer, or an equation of another form)."""
     if not isinstance(layer, L.EinsumDense):
-        return False
+        return None
     try:
         inputs, out = layer.equation.replace(" ", "").split("->")
         x, k = inputs.split(",")
     except ValueError:
+        return None
+    return x, k, out
+
+
+def trivial_einsum(layer):
+    """True for an EinsumDense that is a Dense on the last axis ("...b,bc->...c")."""
+    parts = _einsum_parts(layer)
+    if parts is None:
         return False
+    x, k, out = parts
     if len(k) != 2 or not x or not out or x[-1] != k[0] or out[-1] != k[1]:
         return False
     bias = getattr(layer, "bias_axes", None)
@@ -321,13 +331,10 @@ def head_axes(layer):
         (kernel axis, bias axis or None when the bias has no head axis), or
         None when ``layer`` is not such a projection.
     """
-    if not isinstance(layer, L.EinsumDense) or not layer.built:
+    parts = _einsum_parts(layer) if layer.built else None
+    if parts is None:
         return None
-    try:
-        inputs, out = layer.equation.replace(" ", "").split("->")
-        x, k = inputs.split(",")
-    except ValueError:
-        return None
+    x, k, out = parts
     new = [c for c in k if c not in x]
     if "." in x or len(new) != 2 or k[:-2] != x[-(len(k) - 2):] or "".join(new) != k[-2:] \
             or out[-2:] != k[-2:] or x[-(len(k) - 2):] in out:
